@@ -1,0 +1,25 @@
+# Set-up and entry points. Every target creates .venv on first use (CPU torch 2.13.0 from the
+# machine's local wheel, then pgraft in editable mode without build isolation; see STACK.md).
+PY ?= python3
+VENV ?= .venv
+PIP := $(VENV)/bin/pip
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo sweep test
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/pgraft demo --out runs/demo
+
+sweep: install
+	$(VENV)/bin/pgraft sweep --out runs/sweep
+
+test: install
+	$(VENV)/bin/python -m pytest -q

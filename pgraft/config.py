@@ -1,0 +1,236 @@
+"""Typed, validated configs (pydantic), loaded from YAML and overridable from the command line.
+
+Every field carries its allowed range; a bad value raises :class:`ConfigError` whose message
+names the field (dotted path) and what is allowed. Defaults marked *(ours)* are our choices where
+the paper is silent (docs/method_choices.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class UNetConfig(_Strict):
+    """The base denoiser of an embedded task and its DDPM pretraining budget."""
+
+    block_out_channels: tuple[int, ...] = (24, 48, 48)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention: bool = True
+    num_train_timesteps: int = Field(1000, ge=10, le=10000)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # The pretraining budget is deliberately short: the base model must leave reward headroom.
+    pretrain_steps: int = Field(150, ge=1)
+    pretrain_batch: int = Field(128, ge=1)
+    pretrain_lr: float = Field(2e-3, gt=0)
+    cond_dropout: float = Field(0.1, ge=0, lt=1)  # label dropout, so the model can do CFG
+    seed: int = 0
+
+
+class JudgeConfig(_Strict):
+    """The classifier whose probability of the prompted class is the reward."""
+
+    steps: int = Field(800, ge=1)
+    batch: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+
+
+class TaskConfig(_Strict):
+    name: Literal["digits"] = "digits"
+    image_size: int = Field(16, ge=8, le=64)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    unet: UNetConfig = UNetConfig()
+    judge: JudgeConfig = JudgeConfig()
+    cache_dir: Optional[Path] = None  # default: $PGRAFT_CACHE or ~/.cache/pgraft
+
+
+class SamplerConfig(_Strict):
+    kind: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(25, ge=1, le=1000)
+    eta: float = Field(1.0, ge=0, le=1)  # DDIM only; eta=1 is DDPM-like and makes completions random
+    guidance_scale: float = Field(1.0, ge=0)  # 1: conditional only (no CFG pass)
+
+    @model_validator(mode="after")
+    def _eta_only_for_ddim(self):
+        if self.kind == "ddpm" and self.eta != 1.0:
+            raise ValueError("eta applies to the ddim sampler only; leave it at 1.0 with kind=ddpm")
+        return self
+
+
+SelectRule = Literal["top_k", "best_of_n", "threshold", "classic", "dedup"]
+
+
+class SelectConfig(_Strict):
+    """A GRS acceptance rule (METHOD.md §1)."""
+
+    rule: SelectRule = "top_k"
+    k: int = Field(8, ge=1, le=1024)  # top_k and dedup
+    threshold: Optional[float] = None  # threshold rule: accept r >= threshold
+    alpha: float = Field(0.1, gt=0)  # classic rule: accept with prob exp((r - r_max)/alpha)
+    r_max: Optional[float] = 1.0  # classic rule: a bound on r; None uses the group's max (ours)
+    dedup_eps: float = Field(0.05, ge=0)  # dedup: RMS pixel distance under which two are duplicates
+
+    @model_validator(mode="after")
+    def _threshold_needs_value(self):
+        if self.rule == "threshold" and self.threshold is None:
+            raise ValueError("rule=threshold needs select.threshold to be set")
+        return self
+
+
+class TrainConfig(_Strict):
+    mode: Literal["full", "lora"] = "full"
+    lora_rank: int = Field(8, ge=1, le=256)
+    lora_alpha: float = Field(8.0, gt=0)
+    # dsm_from_xni: DSM from the accepted x_{N_I} at level s (ours, default, METHOD.md §2);
+    # dsm_from_x0: ordinary DSM on the accepted x_0 with t restricted to t > s (ours, option).
+    loss: Literal["dsm_from_xni", "dsm_from_x0"] = "dsm_from_xni"
+    # unit_target: weight each t so the target has unit variance (same minimiser, ours).
+    weighting: Literal["unit_target", "none"] = "unit_target"
+    t_margin: int = Field(0, ge=0)  # draw t > s + t_margin (a margin is the other cure, METHOD.md §2)
+    lr: float = Field(1e-4, gt=0)
+    batch_size: int = Field(64, ge=1)
+    steps_per_round: int = Field(100, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, ge=0)
+    zero_stage: int = Field(0, ge=0, le=3)
+    cond_dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class PGraftConfig(_Strict):
+    """One P-GRAFT run: ``rounds`` of rollout → reward → select → buffer → train.
+
+    ``n_i`` is the intermediate sampler step N_I in [0, sampler.steps); 0 is GRAFT.
+    """
+
+    n_i: int = Field(0, ge=0)
+    samples_per_condition: int = Field(64, ge=1, le=4096)  # M
+    rounds: int = Field(2, ge=1)
+    rollout_batch: int = Field(512, ge=1)
+    select: SelectConfig = SelectConfig()
+    train: TrainConfig = TrainConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.n_i >= self.sampler.steps:
+            raise ValueError(
+                f"n_i={self.n_i} must lie in [0, sampler.steps={self.sampler.steps})"
+            )
+        if self.select.rule in ("top_k", "dedup") and self.select.k > self.samples_per_condition:
+            raise ValueError(
+                f"select.k={self.select.k} exceeds samples_per_condition={self.samples_per_condition}"
+                " (K must be <= M)"
+            )
+        return self
+
+
+class EvalConfig(_Strict):
+    samples_per_class: int = Field(100, ge=1)
+    seed: int = 1_000_003  # held-out seeds, disjoint from every rollout seed
+    batch_size: int = Field(500, ge=1)
+
+
+class DemoConfig(_Strict):
+    """`pgraft demo`: base vs GRAFT (n_i=0) vs P-GRAFT (n_i=pgraft_n_i) at one sample budget."""
+
+    task: TaskConfig = TaskConfig()
+    method: PGraftConfig = PGraftConfig()
+    pgraft_n_i: int = Field(12, ge=1)
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _n_i_in_range(self):
+        if self.pgraft_n_i >= self.method.sampler.steps:
+            raise ValueError(
+                f"pgraft_n_i={self.pgraft_n_i} must lie in [1, method.sampler.steps="
+                f"{self.method.sampler.steps})"
+            )
+        return self
+
+
+class SweepConfig(_Strict):
+    """`pgraft sweep`: P-GRAFT at several N_I plus the Var[r | x_{N_I}] diagnostic."""
+
+    task: TaskConfig = TaskConfig()
+    method: PGraftConfig = PGraftConfig()
+    n_i_fracs: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
+    eval: EvalConfig = EvalConfig()
+    diag_states_per_class: int = Field(4, ge=1)  # fixed x_{N_I} states per class
+    diag_completions: int = Field(16, ge=2)  # base-model completions per state
+
+    @model_validator(mode="after")
+    def _fracs_in_range(self):
+        for f in self.n_i_fracs:
+            if not 0.0 <= f < 1.0:
+                raise ValueError(f"n_i_fracs entries must lie in [0, 1), got {f}")
+        return self
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def build(cls: type[C], data: dict | None = None, overrides: list[str] | None = None) -> C:
+    """Validate ``data`` (plus ``key.path=value`` overrides) as ``cls``; raise ConfigError."""
+    data = dict(data or {})
+    for item in overrides or []:
+        _apply_override(data, item)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load(cls: type[C], path: str | Path | None, overrides: list[str] | None = None) -> C:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at top level")
+    return build(cls, data, overrides)
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _apply_override(data: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like field.path=value")
+    key, raw = item.split("=", 1)
+    value: Any = yaml.safe_load(raw)
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<config>"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"config field '{field}': {msg}{shown}")
+    return "invalid config:\n  " + "\n  ".join(lines)

@@ -1,0 +1,1 @@
+"""The engine, step by step: rollout → reward → select → buffer → train → compose → evaluate."""

@@ -1,0 +1,129 @@
+"""Generalized rejection sampling (GRS): the acceptance rules of METHOD.md §1.
+
+Rewards arrive as a [G, M] table (G condition groups of M samples). Every rule sees the whole
+group. Non-finite rewards (NaN/Inf) are never accepted and are counted; a group with fewer valid
+samples than K keeps the valid ones it has. Ties break toward the lowest index.
+
+Law of an accepted sample, marginalised over the rest of its group (F = CDF of r under the model):
+  top_k      P[Binomial(M-1, 1-F(r)) <= K-1]
+  best_of_n  F(r)^(M-1)
+  threshold  1{r >= tau}
+  classic    exp((r - r_max)/alpha)  ∝ exp(r/alpha)
+  dedup      top-K after collapsing near-duplicates (ours: greedy in reward order, a sample is a
+             duplicate of an accepted one when their RMS pixel distance is below dedup_eps)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import SelectConfig
+from ..errors import RewardError, ShapeError
+
+
+@dataclass
+class Selection:
+    indices: torch.Tensor  # [A] flat indices into the G*M samples, grouped by group, best first
+    groups: torch.Tensor  # [A] group of each accepted sample
+    invalid: int  # non-finite rewards excluded
+    accepted_per_group: torch.Tensor  # [G]
+
+    @property
+    def count(self) -> int:
+        return int(self.indices.numel())
+
+
+def _ranked(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-row column order: valid rewards descending, ties by lowest index, invalid last."""
+    key = torch.where(valid, rewards, torch.full_like(rewards, -torch.inf))
+    return torch.sort(key, dim=1, descending=True, stable=True).indices
+
+
+def _top_k_mask(rewards: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    order = _ranked(rewards, valid)[:, :k]
+    mask = torch.zeros_like(valid)
+    mask.scatter_(1, order, True)
+    return mask & valid
+
+
+def _classic_mask(rewards, valid, cfg: SelectConfig, generator) -> torch.Tensor:
+    if cfg.r_max is None:  # ours: the group's own best reward stands in for the bound
+        r_max = torch.where(valid, rewards, torch.full_like(rewards, -torch.inf)).amax(1, keepdim=True)
+    else:
+        worst = rewards[valid].max() if bool(valid.any()) else None
+        if worst is not None and float(worst) > cfg.r_max + 1e-6:
+            raise RewardError(
+                f"a reward of {float(worst):.4g} exceeds select.r_max={cfg.r_max}; set r_max to a "
+                "bound on the reward, or to null to use each group's maximum"
+            )
+        r_max = torch.tensor(cfg.r_max, dtype=rewards.dtype)
+    prob = torch.exp((rewards - r_max) / cfg.alpha).clamp(max=1.0)
+    u = torch.rand(rewards.shape, generator=generator, dtype=rewards.dtype)
+    return valid & (u < torch.nan_to_num(prob, nan=0.0))
+
+
+def _dedup_mask(rewards, valid, k: int, eps: float, samples: torch.Tensor) -> torch.Tensor:
+    g, m = rewards.shape
+    flat = samples.reshape(g, m, -1).float()
+    dim = flat.shape[-1]
+    order = _ranked(rewards, valid)
+    mask = torch.zeros_like(valid)
+    for gi in range(g):
+        dist = torch.cdist(flat[gi], flat[gi]) / dim**0.5  # RMS pixel distance
+        kept: list[int] = []
+        for j in order[gi].tolist():
+            if len(kept) == k or not bool(valid[gi, j]):
+                break
+            if kept and bool((dist[j, kept] < eps).any()):
+                continue
+            kept.append(j)
+        mask[gi, kept] = True
+    return mask
+
+
+def select(
+    rewards: torch.Tensor,
+    cfg: SelectConfig,
+    *,
+    generator: torch.Generator | None = None,
+    samples: torch.Tensor | None = None,
+) -> Selection:
+    """Apply ``cfg.rule`` to each row of ``rewards`` [G, M].
+
+    ``samples`` ([G*M, ...]) is needed by the dedup rule; ``generator`` by the classic rule.
+    """
+    if rewards.ndim != 2:
+        raise ShapeError(f"rewards must be [groups, samples_per_group], got shape {tuple(rewards.shape)}")
+    rewards = rewards.float().cpu()
+    g, m = rewards.shape
+    valid = torch.isfinite(rewards)
+    if cfg.rule in ("top_k", "dedup") and cfg.k > m:
+        raise ShapeError(f"select.k={cfg.k} exceeds the group size M={m}")
+    if cfg.rule == "top_k":
+        mask = _top_k_mask(rewards, valid, cfg.k)
+    elif cfg.rule == "best_of_n":
+        mask = _top_k_mask(rewards, valid, 1)
+    elif cfg.rule == "threshold":
+        mask = valid & (rewards >= cfg.threshold)
+    elif cfg.rule == "classic":
+        if generator is None:
+            raise ValueError("the classic rule draws random numbers: pass a generator")
+        mask = _classic_mask(rewards, valid, cfg, generator)
+    elif cfg.rule == "dedup":
+        if samples is None or samples.shape[0] != g * m:
+            raise ShapeError(f"the dedup rule needs samples with {g * m} rows")
+        mask = _dedup_mask(rewards, valid, cfg.k, cfg.dedup_eps, samples)
+    else:  # unreachable: the config's Literal type admits only the rules above
+        raise ValueError(f"unknown rule {cfg.rule!r}")
+    # Order accepted samples by group, then by reward rank (best first).
+    order = _ranked(rewards, valid)
+    ranked_mask = mask.gather(1, order)
+    rows, pos = ranked_mask.nonzero(as_tuple=True)
+    cols = order[rows, pos]
+    return Selection(
+        indices=rows * m + cols,
+        groups=rows,
+        invalid=int((~valid).sum()),
+        accepted_per_group=mask.sum(1),
+    )

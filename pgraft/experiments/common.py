@@ -1,0 +1,34 @@
+"""Pieces the demo and the sweep share: evaluating a policy on the task, running one method."""
+from __future__ import annotations
+
+from ..config import EvalConfig, PGraftConfig
+from ..engine.compose import Policy
+from ..engine.evaluate import Evaluation, evaluate
+from ..engine.rounds import PGraftRun, run_pgraft
+from ..models.schedule import Schedule
+from ..tasks import Task
+from .run_dir import RunDir
+
+
+def evaluate_on_task(task: Task, policy: Policy, schedule: Schedule, method: PGraftConfig, cfg: EvalConfig, name: str) -> Evaluation:
+    return evaluate(
+        policy, schedule, task.reward, task.reward.classify, task.num_classes, task.sample_shape,
+        task.decode, cfg, guidance_scale=method.sampler.guidance_scale,
+        null_label=task.base.null_label, progress=True, desc=f"evaluate {name}",
+    )
+
+
+def run_method(task: Task, method: PGraftConfig, run: RunDir, name: str) -> PGraftRun:
+    def on_round(entry):
+        run.log(name, entry.round, vars(entry))
+
+    result = run_pgraft(
+        task.base, task.reward, task.decode, task.num_classes, task.sample_shape, method,
+        null_label=task.base.null_label, on_round=on_round, name=name,
+    )
+    run.save_model(name, result.model, {"n_i": result.n_i, "mode": method.train.mode, "sampler_steps": result.schedule.steps})
+    return result
+
+
+def model_summary(ev: Evaluation, samples_drawn: int, wall_s: float) -> dict:
+    return {**ev.summary(), "samples_drawn": samples_drawn, "wall_s": wall_s}

@@ -1,0 +1,79 @@
+"""A class-conditional diffusers UNet2DModel behind the engine's denoiser signature.
+
+The engine only ever calls ``denoiser(x_t, t, cond) -> network output`` and reads
+``denoiser.prediction_type`` ("epsilon" or "v_prediction"); class labels play the role of prompts.
+Label ``num_classes`` is the null label used for classifier-free guidance.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from ..config import UNetConfig
+
+
+class Denoiser(Protocol):
+    prediction_type: str
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
+
+
+def build_class_unet(cfg: UNetConfig, image_size: int, num_classes: int, channels: int = 1) -> UNet2DModel:
+    levels = len(cfg.block_out_channels)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if cfg.attention:  # attention only at the coarsest level, where it is cheap
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    groups = min(8, min(cfg.block_out_channels))
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        num_class_embeds=num_classes + 1,
+        norm_num_groups=groups,
+    )
+
+
+class ClassConditionalUNet(nn.Module):
+    """Wraps a UNet2DModel so that forward(x, t, cond) returns a plain tensor."""
+
+    def __init__(self, unet: UNet2DModel, num_classes: int, prediction_type: str, scheduler_config: dict):
+        super().__init__()
+        self.unet = unet
+        self.num_classes = num_classes
+        self.prediction_type = prediction_type
+        self.scheduler_config = dict(scheduler_config)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, class_labels=cond).sample
+
+    @classmethod
+    def from_config(cls, cfg: UNetConfig, image_size: int, num_classes: int) -> "ClassConditionalUNet":
+        return cls(
+            build_class_unet(cfg, image_size, num_classes),
+            num_classes,
+            cfg.prediction_type,
+            scheduler_config_for(cfg),
+        )
+
+
+def scheduler_config_for(cfg: UNetConfig) -> dict:
+    """The diffusers scheduler config a base model was trained with (stored with its weights)."""
+    return {
+        "num_train_timesteps": cfg.num_train_timesteps,
+        "beta_schedule": cfg.beta_schedule,
+        "prediction_type": cfg.prediction_type,
+        "clip_sample": True,
+        "clip_sample_range": 1.0,
+    }

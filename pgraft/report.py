@@ -1,0 +1,85 @@
+"""What people look at: image grids, plots and printed tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .io import atomic_write  # noqa: E402
+
+
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, per_class: int = 12, scale: int = 4) -> Path:
+    """A PNG with one row per class (in label order) and ``per_class`` samples per row."""
+    rows = []
+    for c in labels.unique().tolist():
+        imgs = images[labels == c][:per_class]
+        if imgs.shape[0] < per_class:
+            pad = torch.ones((per_class - imgs.shape[0], *imgs.shape[1:]))
+            imgs = torch.cat([imgs, pad])
+        imgs = torch.nn.functional.pad(imgs, (1, 1, 1, 1), value=1.0)
+        rows.append(torch.cat(list(imgs), dim=-1))
+    grid = torch.cat(rows, dim=-2)  # [C, H, W]
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    arr = arr.repeat(scale, 0).repeat(scale, 1)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    return atomic_write(path, lambda p: img.save(p, format="PNG"))
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    out = atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return out
+
+
+def plot_reward_per_round(curves: dict[str, list[float]], base_reward: float | None, path: str | Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
+    if base_reward is not None:
+        ax.axhline(base_reward, color="gray", ls="--", label="base (held-out)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean reward of the round's rollout")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_sweep(rows: list[dict], path: str | Path) -> Path:
+    x = np.array([r["n_i_frac"] for r in rows])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    lo = np.array([r["reward_ci95"][0] for r in rows])
+    hi = np.array([r["reward_ci95"][1] for r in rows])
+    mean = np.array([r["reward_mean"] for r in rows])
+    axes[0].errorbar(x, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3)
+    axes[0].set_ylabel("held-out mean reward (95% CI)")
+    axes[1].plot(x, [r["diversity"] for r in rows], marker="o")
+    axes[1].set_ylabel("diversity (within-class RMS dist.)")
+    axes[2].plot(x, [r["cond_var"] for r in rows], marker="o")
+    axes[2].set_ylabel("Var[r(x_0) | x_{N_I}] (base)")
+    for ax in axes:
+        ax.set_xlabel("N_I / S")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A plain fixed-width table of ``rows`` (floats with 4 decimals)."""
+
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])

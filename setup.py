@@ -1,0 +1,45 @@
+"""Install the pgraft package.
+
+Pinned so that a fresh CPU machine gets torch==2.13.0 (the CPU build on disk) and the stack
+measured in ../shared/STACK.md. Install after torch, without build isolation:
+    pip install torch==2.13.0 && pip install --no-build-isolation -e '.[test]'
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "torch==2.13.0",
+    "triton==3.8.0",
+    "diffusers==0.42.1",
+    "transformers==5.24.0",
+    "accelerate==1.15.0",
+    "safetensors==0.8.0",
+    "deepspeed==0.19.8",
+    "peft==0.21.2",
+    "pybind11==3.1.0",
+    "nvidia-ml-py==13.615.71",
+    "scikit-learn==1.9.1",
+    "scipy>=1.11",
+    "numpy>=1.26",
+    "matplotlib>=3.8",
+    "pydantic>=2.6,<3",
+    "pyyaml>=6",
+    "tqdm>=4.66",
+    "tensorboard>=2.16",
+    "ninja",
+]
+
+setup(
+    name="pgraft",
+    version="0.1.0",
+    description="Fine-tune diffusion and flow models toward a reward: GRAFT, P-GRAFT, inverse noise correction",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pgraft", "pgraft.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6"],
+        "gpu": ["xformers==0.0.35"],
+    },
+    entry_points={"console_scripts": ["pgraft=pgraft.cli:main"]},
+)

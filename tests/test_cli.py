@@ -1,0 +1,63 @@
+"""The command line: help, a tiny demo and sweep end to end, the cache, and clear errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgraft.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+SCHEMA = {"reward_mean", "reward_ci95", "accuracy", "diversity", "samples_drawn", "wall_s"}
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([sys.executable, "-m", "pgraft.cli", "sweep", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--out" in out.stdout and "--set" in out.stdout
+
+
+def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PGRAFT_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--config", str(TINY), "--out", str(tmp_path / "demo")]) == 0
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert res["task"] == "digits" and set(res["models"]) == {"base", "graft", "pgraft"}
+    for name, m in res["models"].items():
+        assert SCHEMA <= set(m), name
+        lo, hi = m["reward_ci95"]
+        assert lo <= m["reward_mean"] <= hi
+    assert res["models"]["graft"]["samples_drawn"] == res["models"]["pgraft"]["samples_drawn"] == 40
+    for f in ("config.yaml", "metrics.jsonl", "grid_base.png", "grid_pgraft.png", "reward_per_round.png",
+              "models/pgraft.safetensors"):
+        assert (tmp_path / "demo" / f).exists(), f
+    assert "pgraft" in capsys.readouterr().out
+
+    # The sweep reuses the cached base model and judge (no second pretraining).
+    cached = sorted((tmp_path / "cache").rglob("*.safetensors"))
+    mtimes = [p.stat().st_mtime for p in cached]
+    assert main(["sweep", "--config", str(TINY), "--out", str(tmp_path / "sweep"),
+                 "--set", "n_i_fracs=[0.0, 0.5]", "--set", "diag_completions=3"]) == 0
+    assert [p.stat().st_mtime for p in cached] == mtimes
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]
+    assert [r["n_i_frac"] for r in rows] == [0.0, 0.5]
+    assert rows[0]["cond_var"] == 0.0 and rows[1]["cond_var"] >= 0.0
+    assert (tmp_path / "sweep" / "sweep.png").exists()
+
+
+def test_corrupt_cached_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PGRAFT_CACHE", str(tmp_path / "cache"))
+    tiny_task = ["--set", "unet.pretrain_steps=2", "--set", "judge.steps=2", "--set", "unet.block_out_channels=[8,16]",
+                 "--set", "unet.attention=false"]
+    assert main(["pretrain", *tiny_task]) == 0
+    (base,) = (tmp_path / "cache").rglob("base-*/weights.safetensors")
+    base.write_bytes(base.read_bytes()[:-10])
+    assert main(["pretrain", *tiny_task]) == 2
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "--force" in err
+    assert main(["pretrain", "--force", *tiny_task]) == 0
+
+
+def test_bad_config_is_reported_not_raised(capsys):
+    assert main(["demo", "--set", "method.select.k=100", "--set", "method.samples_per_condition=8"]) == 2
+    assert "select.k=100 exceeds samples_per_condition=8" in capsys.readouterr().err
