@@ -26,7 +26,7 @@ class UNetConfig(_Strict):
     layers_per_block: int = Field(1, ge=1, le=4)
     attention: bool = True
     num_train_timesteps: int = Field(1000, ge=10, le=10000)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     # The pretraining budget is deliberately short: the base model must leave reward headroom.
     pretrain_steps: int = Field(150, ge=1)
@@ -100,7 +100,7 @@ class TrainConfig(_Strict):
     t_margin: int = Field(0, ge=0)  # draw t > s + t_margin (a margin is the other cure, METHOD.md §2)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, ge=1)
-    steps_per_round: int = Field(100, ge=1)
+    steps_per_round: int = Field(300, ge=1)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, ge=0)
     zero_stage: int = Field(0, ge=0, le=3)
@@ -115,7 +115,7 @@ class PGraftConfig(_Strict):
 
     n_i: int = Field(0, ge=0)
     samples_per_condition: int = Field(64, ge=1, le=4096)  # M
-    rounds: int = Field(2, ge=1)
+    rounds: int = Field(3, ge=1)
     rollout_batch: int = Field(512, ge=1)
     select: SelectConfig = SelectConfig()
     train: TrainConfig = TrainConfig()
@@ -147,7 +147,7 @@ class DemoConfig(_Strict):
 
     task: TaskConfig = TaskConfig()
     method: PGraftConfig = PGraftConfig()
-    pgraft_n_i: int = Field(12, ge=1)
+    pgraft_n_i: int = Field(6, ge=1)  # N_I = 0.25·S won the sweep (README)
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")

@@ -19,6 +19,29 @@ def tiny_unet():
     return ClassConditionalUNet.from_config(TINY_UNET, image_size=8, num_classes=3).eval().requires_grad_(False)
 
 
+@pytest.fixture(scope="session")
+def digits8():
+    from pgraft.tasks.digits import load_digits_split
+
+    return load_digits_split(image_size=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_model(digits8):
+    """A tiny class-conditional UNet DDPM-trained for 150 steps on the real 8×8 digits (~3 s)."""
+    from pgraft.config import TrainConfig
+    from pgraft.engine.train import DenoisingTrainer, TrainingData
+    from pgraft.models.schedule import Schedule
+
+    torch.manual_seed(0)
+    model = ClassConditionalUNet.from_config(TINY_UNET, image_size=8, num_classes=10)
+    sched = Schedule.from_scheduler_config(model.scheduler_config, 1)
+    cfg = TrainConfig(lr=3e-3, batch_size=64, cond_dropout=0.1)
+    DenoisingTrainer(model, sched.alphas_cumprod, cfg, null_label=10, seed=0).train(
+        TrainingData(digits8.train_x, digits8.train_y), 150, progress=False)
+    return model.eval().requires_grad_(False)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)

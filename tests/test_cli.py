@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import yaml
 
 from pgraft.cli import main
 
@@ -36,7 +36,10 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
     # The sweep reuses the cached base model and judge (no second pretraining).
     cached = sorted((tmp_path / "cache").rglob("*.safetensors"))
     mtimes = [p.stat().st_mtime for p in cached]
-    assert main(["sweep", "--config", str(TINY), "--out", str(tmp_path / "sweep"),
+    sweep_cfg = yaml.safe_load(TINY.read_text())
+    del sweep_cfg["pgraft_n_i"]  # the sweep's own N_I list replaces it
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep_cfg))
+    assert main(["sweep", "--config", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "sweep"),
                  "--set", "n_i_fracs=[0.0, 0.5]", "--set", "diag_completions=3"]) == 0
     assert [p.stat().st_mtime for p in cached] == mtimes
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]

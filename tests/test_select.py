@@ -30,7 +30,7 @@ def test_nan_and_inf_are_excluded_and_counted_and_short_groups_keep_what_they_ha
     nan, inf = float("nan"), float("inf")
     r = torch.tensor([[nan, 0.2, inf, 0.1], [nan, nan, nan, 0.3], [nan, nan, nan, -inf]])
     sel = select(r, SelectConfig(rule="top_k", k=3))
-    assert sel.invalid == 7
+    assert sel.invalid == 9
     assert sel.indices.tolist() == [1, 3, 7]
     assert sel.accepted_per_group.tolist() == [2, 1, 0]
     assert select(r, SelectConfig(rule="best_of_n")).indices.tolist() == [1, 7]

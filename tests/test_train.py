@@ -13,27 +13,28 @@ SIGMA = 0.5  # data x_0 ~ N(0, σ² I): the exact ε-predictor is known in close
 
 
 class ScaledOptimum(nn.Module):
-    """c × the exact ε-predictor for Gaussian data: ε*(x_t) = √(1−ᾱ_t)·x_t / (ᾱ_t σ² + 1 − ᾱ_t)."""
+    """c × the exact ε-predictor for data x_0 ~ N(0, σ²): ε*(x_t) = √(1−ᾱ_t)·x_t / (ᾱ_t σ² + 1 − ᾱ_t)."""
 
     prediction_type = "epsilon"
 
-    def __init__(self, c: float):
+    def __init__(self, c: float, sigma: float = SIGMA):
         super().__init__()
-        self.c = c
+        self.c, self.sigma = c, sigma
 
     def forward(self, x, t, cond):
         a = AC[t].view(-1, 1, 1, 1)
-        return self.c * (1 - a).sqrt() * x / (a * SIGMA**2 + 1 - a)
+        return self.c * (1 - a).sqrt() * x / (a * self.sigma**2 + 1 - a)
+
+
+def _loss(model, x, level, t_min=0, weighting="unit_target"):
+    g = torch.Generator().manual_seed(42)  # the same t and ε' draws for every model compared
+    return float(dsm_loss(model, x, torch.zeros(len(x), dtype=torch.long), level, AC, g, t_min=t_min,
+                          weighting=weighting))
 
 
 def _fitted_scale(x_data, level, weighting, t_min=0):
     """Minimiser over c of the (quadratic) loss, from three evaluations on the same draws."""
-    losses = []
-    for c in (0.8, 1.0, 1.2):
-        g = torch.Generator().manual_seed(42)
-        losses.append(float(dsm_loss(ScaledOptimum(c), x_data, torch.zeros(len(x_data), dtype=torch.long),
-                                     level, AC, g, t_min=t_min, weighting=weighting)))
-    l0, l1, l2 = losses
+    l0, l1, l2 = (_loss(ScaledOptimum(c), x_data, level, t_min, weighting) for c in (0.8, 1.0, 1.2))
     return 1.0 - 0.2 * (l2 - l0) / (2 * (l2 - 2 * l1 + l0))
 
 
@@ -49,18 +50,23 @@ def test_dsm_from_intermediate_states_has_the_exact_score_as_minimiser(level, we
     assert _fitted_scale(x_s, level, weighting, t_min) == pytest.approx(1.0, abs=0.03)
 
 
-def test_treating_noisy_states_as_clean_data_gives_the_wrong_minimiser():
+def test_only_the_level_aware_loss_prefers_the_true_score_over_the_noisy_data_score():
+    # States x_s at level 250 look like clean data of std √(ᾱ_s σ² + 1 − ᾱ_s). The level-aware loss
+    # must prefer the true model's score; treating x_s as clean data (level -1) prefers the wrong one.
     g = torch.Generator().manual_seed(0)
-    x0 = SIGMA * torch.randn(20000, 1, 2, 2, generator=g)
-    a_s = float(AC[500])
-    x_s = a_s**0.5 * x0 + (1 - a_s) ** 0.5 * torch.randn(x0.shape, generator=g)
-    assert abs(_fitted_scale(x_s, -1, "unit_target", t_min=501) - 1.0) > 0.1
+    s = 250
+    a_s = float(AC[s])
+    x_s = a_s**0.5 * SIGMA * torch.randn(20000, 1, 2, 2, generator=g) + (1 - a_s) ** 0.5 * torch.randn(20000, 1, 2, 2, generator=g)
+    true, fake = ScaledOptimum(1.0), ScaledOptimum(1.0, sigma=(a_s * SIGMA**2 + 1 - a_s) ** 0.5)
+    assert _loss(true, x_s, s) < _loss(fake, x_s, s)
+    assert _loss(fake, x_s, -1, t_min=s + 1) < _loss(true, x_s, -1, t_min=s + 1)
 
 
-def test_deepspeed_trainer_reduces_the_loss_and_lora_leaves_the_base_weights_alone(tiny_unet):
-    data = TrainingData(torch.rand(64, 1, 8, 8) * 2 - 1, torch.randint(0, 3, (64,)))
+def test_deepspeed_trainer_reduces_the_loss_and_lora_leaves_the_base_weights_alone(tiny_unet, digits8):
+    keep = digits8.train_y < 3  # tiny_unet has 3 classes
+    data = TrainingData(digits8.train_x[keep], digits8.train_y[keep])
     for mode, stage in (("full", 2), ("lora", 0)):
-        cfg = TrainConfig(mode=mode, lr=3e-3, batch_size=32, zero_stage=stage, lora_rank=4)
+        cfg = TrainConfig(mode=mode, lr=3e-3 if mode == "full" else 1e-2, batch_size=32, zero_stage=stage, lora_rank=4)
         model = make_trainable(tiny_unet, cfg)
         before = {k: v.clone() for k, v in tiny_unet.state_dict().items()}
         trainer = DenoisingTrainer(model, AC[:100], cfg, null_label=3, seed=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -24,7 +25,7 @@ class Evaluation:
     reward_mean: float
     reward_ci95: tuple[float, float]
     per_class: list[float]
-    accuracy: float
+    accuracy: float  # NaN without a classifier
     diversity: float
     samples: int
     wall_s: float
@@ -67,7 +68,7 @@ def evaluate(
     policy: Policy,
     schedule: Schedule,
     reward_fn: RewardFn,
-    classify,
+    classify: Callable[[torch.Tensor], torch.Tensor] | None,
     num_classes: int,
     sample_shape: tuple[int, ...],
     decode,
@@ -90,5 +91,5 @@ def evaluate(
     finite = torch.isfinite(rewards)
     mean, ci = mean_ci95(rewards[finite])
     per_class = [float(rewards[(labels == c) & finite].mean()) for c in range(num_classes)]
-    acc = float((classify(images) == labels).float().mean())
+    acc = float((classify(images) == labels).float().mean()) if classify is not None else float("nan")
     return Evaluation(mean, ci, per_class, acc, diversity(images, labels), labels.numel(), time.time() - t0, images, labels)

@@ -7,6 +7,7 @@ and x_n (n ≥ 1) sits at training timestep ``timesteps[S - n]``; x_0 is the cle
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,7 +64,7 @@ class Schedule:
         if kind == "ddpm" and config.get("variance_type", "fixed_small") != "fixed_small":
             raise ConfigError("the ddpm sampler supports variance_type='fixed_small' only")
         scheduler_cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
-        known = set(scheduler_cls.__init__.__code__.co_varnames)
+        known = set(inspect.signature(scheduler_cls.__init__).parameters)
         sched = scheduler_cls(**{k: v for k, v in config.items() if k in known})
         if steps > sched.config.num_train_timesteps:
             raise ConfigError(

@@ -17,8 +17,12 @@ def cache_root(configured: Path | None) -> Path:
     return Path(os.environ.get("PGRAFT_CACHE", Path.home() / ".cache" / "pgraft"))
 
 
+# Bump when a code change alters what a cached model means (its schedule, architecture, data).
+CACHE_VERSION = 1
+
+
 def config_key(payload: dict[str, Any]) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    blob = json.dumps({"cache_version": CACHE_VERSION, **payload}, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
