@@ -136,6 +136,11 @@ class PGraftConfig(_Strict):
         return self
 
 
+def _n_i_is_chosen_by_the_experiment(method: PGraftConfig, field: str) -> None:
+    if method.n_i != 0:
+        raise ValueError(f"method.n_i is set by the experiment itself; set {field} instead")
+
+
 class EvalConfig(_Strict):
     samples_per_class: int = Field(100, ge=1)
     seed: int = 1_000_003  # held-out seeds, disjoint from every rollout seed
@@ -152,6 +157,7 @@ class DemoConfig(_Strict):
 
     @model_validator(mode="after")
     def _n_i_in_range(self):
+        _n_i_is_chosen_by_the_experiment(self.method, "pgraft_n_i")
         if self.pgraft_n_i >= self.method.sampler.steps:
             raise ValueError(
                 f"pgraft_n_i={self.pgraft_n_i} must lie in [1, method.sampler.steps="
@@ -172,6 +178,7 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _fracs_in_range(self):
+        _n_i_is_chosen_by_the_experiment(self.method, "n_i_fracs")
         for f in self.n_i_fracs:
             if not 0.0 <= f < 1.0:
                 raise ValueError(f"n_i_fracs entries must lie in [0, 1), got {f}")
@@ -228,8 +235,11 @@ def _apply_override(data: dict, item: str) -> None:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "<config>"
+        field = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if not field:  # a cross-field check: its message names the fields itself
+            lines.append(msg)
+            continue
         got = err.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
         lines.append(f"config field '{field}': {msg}{shown}")

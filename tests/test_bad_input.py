@@ -26,6 +26,8 @@ from pgraft.rewards import score
         (C.DemoConfig, ["pgraft_n_i=30"], r"pgraft_n_i=30 must lie in \[1, method.sampler.steps=25\)"),
         (C.SweepConfig, ["n_i_fracs=[0.5, 1.0]"], r"n_i_fracs entries must lie in \[0, 1\)"),
         (C.DemoConfig, ["eval.samples_per_class=-1"], r"'eval.samples_per_class'"),
+        (C.DemoConfig, ["method.n_i=3"], r"method.n_i is set by the experiment itself; set pgraft_n_i"),
+        (C.SweepConfig, ["method.n_i=3"], r"set n_i_fracs instead"),
         (C.DemoConfig, ["task.name=cifar"], r"'task.name': Input should be 'digits'"),
     ],
 )
