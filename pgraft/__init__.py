@@ -5,27 +5,45 @@ The public Python API (docs/api.md) follows the data flow
 rollout → reward → select → buffer → train → compose → evaluate. Names are imported lazily, so
 ``import pgraft`` stays cheap and environment set-up (e.g. HF_HUB_OFFLINE) can come first.
 """
+
 from importlib import import_module
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     # configs
-    "PGraftConfig": "config", "SelectConfig": "config", "TrainConfig": "config", "SamplerConfig": "config",
-    "TaskConfig": "config", "EvalConfig": "config", "DemoConfig": "config", "SweepConfig": "config",
-    "UNetConfig": "config", "JudgeConfig": "config",
+    "PGraftConfig": "config",
+    "SelectConfig": "config",
+    "TrainConfig": "config",
+    "SamplerConfig": "config",
+    "TaskConfig": "config",
+    "EvalConfig": "config",
+    "DemoConfig": "config",
+    "SweepConfig": "config",
+    "UNetConfig": "config",
+    "JudgeConfig": "config",
     # errors
-    "PgraftError": "errors", "ConfigError": "errors", "RewardError": "errors", "CheckpointError": "errors",
+    "PgraftError": "errors",
+    "ConfigError": "errors",
+    "RewardError": "errors",
+    "CheckpointError": "errors",
     "ShapeError": "errors",
     # data flow
-    "Schedule": "models.schedule", "ClassConditionalUNet": "models.unet",
-    "rollout": "engine.rollout", "run_chain": "engine.rollout",
-    "score": "rewards.base", "JudgeReward": "rewards.judge",
+    "Schedule": "models.schedule",
+    "ClassConditionalUNet": "models.unet",
+    "rollout": "engine.rollout",
+    "run_chain": "engine.rollout",
+    "score": "rewards.base",
+    "JudgeReward": "rewards.judge",
     "select": "engine.select",
     "TrajectoryBuffer": "buffer",
-    "DenoisingTrainer": "engine.train", "TrainingData": "engine.train", "dsm_loss": "engine.train",
+    "DenoisingTrainer": "engine.train",
+    "TrainingData": "engine.train",
+    "dsm_loss": "engine.train",
     "make_trainable": "engine.train",
-    "Composed": "engine.compose", "Single": "engine.compose", "AdapterOff": "engine.compose",
+    "Composed": "engine.compose",
+    "Single": "engine.compose",
+    "AdapterOff": "engine.compose",
     "evaluate": "engine.evaluate",
     "run_pgraft": "engine.rounds",
     "prepare_task": "tasks",

@@ -3,6 +3,7 @@
 Rows are stored per field in contiguous tensors, grouped by round; ``keep_rounds`` bounds how many
 recent rounds are kept (RAFT trains on the latest round only: keep_rounds=1).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """The `pgraft` command: pretrain, demo, sweep."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,14 @@ from .errors import PgraftError  # noqa: E402
 def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--config", type=Path, help="YAML config (defaults: the embedded digits task)")
     p.add_argument("--task", choices=["digits"], help="embedded task (overrides task.name)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set method.rounds=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field, e.g. --set method.rounds=3 (repeatable)",
+    )
     p.add_argument("--force", action="store_true", help="retrain cached task models even if present")
     if default_out is not None:
         p.add_argument("--out", type=Path, default=Path(default_out), help=f"run folder (default {default_out})")
@@ -50,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = C.load(C.TaskConfig, args.config, _overrides(args, ""))
             task = prepare_task(cfg, force=args.force)
-            print(f"task {task.name}: judge held-out accuracy {task.judge_accuracy:.4f}, "
-                  f"real test reward {task.real_reward_mean:.4f}")
+            print(
+                f"task {task.name}: judge held-out accuracy {task.judge_accuracy:.4f}, "
+                f"real test reward {task.real_reward_mean:.4f}"
+            )
             print(f"base model: {task.paths['base']}\njudge: {task.paths['judge']}")
         elif args.command == "demo":
             from .experiments.demo import run_demo

@@ -4,6 +4,7 @@ Every field carries its allowed range; a bad value raises :class:`ConfigError` w
 names the field (dotted path) and what is allowed. Defaults marked *(ours)* are our choices where
 the paper is silent (docs/method_choices.md).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -125,13 +126,10 @@ class PGraftConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self):
         if self.n_i >= self.sampler.steps:
-            raise ValueError(
-                f"n_i={self.n_i} must lie in [0, sampler.steps={self.sampler.steps})"
-            )
+            raise ValueError(f"n_i={self.n_i} must lie in [0, sampler.steps={self.sampler.steps})")
         if self.select.rule in ("top_k", "dedup") and self.select.k > self.samples_per_condition:
             raise ValueError(
-                f"select.k={self.select.k} exceeds samples_per_condition={self.samples_per_condition}"
-                " (K must be <= M)"
+                f"select.k={self.select.k} exceeds samples_per_condition={self.samples_per_condition} (K must be <= M)"
             )
         return self
 
@@ -160,8 +158,7 @@ class DemoConfig(_Strict):
         _n_i_is_chosen_by_the_experiment(self.method, "pgraft_n_i")
         if self.pgraft_n_i >= self.method.sampler.steps:
             raise ValueError(
-                f"pgraft_n_i={self.pgraft_n_i} must lie in [1, method.sampler.steps="
-                f"{self.method.sampler.steps})"
+                f"pgraft_n_i={self.pgraft_n_i} must lie in [1, method.sampler.steps={self.method.sampler.steps})"
             )
         return self
 

@@ -3,6 +3,7 @@
 Every writer goes to a temporary name in the destination folder and renames it into place
 (rename is atomic on POSIX), so a kill leaves either the old file or the new one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -84,9 +85,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     except (json.JSONDecodeError, KeyError) as exc:
         raise CheckpointError(f"{manifest}: unreadable manifest ({exc})") from exc
     if sha256_file(path) != expected:
-        raise CheckpointError(
-            f"{path}: checksum mismatch, the file is corrupt; delete it (or pass --force) to rebuild"
-        )
+        raise CheckpointError(f"{path}: checksum mismatch, the file is corrupt; delete it (or pass --force) to rebuild")
     try:
         return load_file(str(path)), info.get("meta", {})
     except Exception as exc:  # safetensors raises its own error types

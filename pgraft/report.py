@@ -1,4 +1,5 @@
 """What people look at: image grids, plots and printed tables."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +15,9 @@ from PIL import Image  # noqa: E402
 from .io import atomic_write  # noqa: E402
 
 
-def save_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, per_class: int = 12, scale: int = 4) -> Path:
+def save_grid(
+    images: torch.Tensor, labels: torch.Tensor, path: str | Path, per_class: int = 12, scale: int = 4
+) -> Path:
     """A PNG with one row per class (in label order) and ``per_class`` samples per row."""
     rows = []
     for c in labels.unique().tolist():

@@ -1,4 +1,5 @@
 """Seeds derived from named parts, so every random stream of a run is reproducible and distinct."""
+
 from __future__ import annotations
 
 import hashlib

@@ -38,7 +38,8 @@ def tiny_digits_model(digits8):
     sched = Schedule.from_scheduler_config(model.scheduler_config, 1)
     cfg = TrainConfig(lr=3e-3, batch_size=64, cond_dropout=0.1)
     DenoisingTrainer(model, sched.alphas_cumprod, cfg, null_label=10, seed=0).train(
-        TrainingData(digits8.train_x, digits8.train_y), 150, progress=False)
+        TrainingData(digits8.train_x, digits8.train_y), 150, progress=False
+    )
     return model.eval().requires_grad_(False)
 
 

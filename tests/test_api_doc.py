@@ -1,4 +1,5 @@
 """docs/api.md's example runs as written (with the task and budgets shrunk to seconds)."""
+
 import re
 from pathlib import Path
 
@@ -11,10 +12,13 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 def test_api_example_runs(tmp_path, monkeypatch, capsys):
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     tiny_task = {**yaml.safe_load(TINY.read_text())["task"], "cache_dir": str(tmp_path)}
-    shrunk = (code.replace("TaskConfig()", f"TaskConfig.model_validate({tiny_task!r})")
-                  .replace('"samples_per_condition": 32', '"samples_per_condition": 4')
-                  .replace('"k": 4', '"k": 2').replace('"steps_per_round": 100', '"steps_per_round": 2')
-                  .replace("samples_per_class=50", "samples_per_class=2"))
+    shrunk = (
+        code.replace("TaskConfig()", f"TaskConfig.model_validate({tiny_task!r})")
+        .replace('"samples_per_condition": 32', '"samples_per_condition": 4')
+        .replace('"k": 4', '"k": 2')
+        .replace('"steps_per_round": 100', '"steps_per_round": 2')
+        .replace("samples_per_class=50", "samples_per_class=2")
+    )
     shrunk = shrunk.replace("PGraftConfig.model_validate({", 'PGraftConfig.model_validate({"sampler": {"steps": 8},')
     assert shrunk.count("model_validate") == 2
     exec(compile(shrunk, str(DOC), "exec"), {})

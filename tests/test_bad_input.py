@@ -1,4 +1,5 @@
 """Bad input: one clear error each, naming the cause."""
+
 import pytest
 import torch
 
@@ -62,8 +63,10 @@ def _integer(images, conds):
     return torch.zeros(images.shape[0], dtype=torch.long)
 
 
-@pytest.mark.parametrize("fn,pattern", [(_wrong_shape, r"returned shape \(4, 2\)"), (_wrong_type, "returned list"),
-                                        (_integer, "float dtype")])
+@pytest.mark.parametrize(
+    "fn,pattern",
+    [(_wrong_shape, r"returned shape \(4, 2\)"), (_wrong_type, "returned list"), (_integer, "float dtype")],
+)
 def test_reward_contract_violations_raise(fn, pattern):
     with pytest.raises(RewardError, match=pattern):
         score(fn, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))

@@ -1,4 +1,5 @@
 """The command line: help, a tiny demo and sweep end to end, the cache, and clear errors."""
+
 import json
 import subprocess
 import sys
@@ -28,8 +29,14 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
         lo, hi = m["reward_ci95"]
         assert lo <= m["reward_mean"] <= hi
     assert res["models"]["graft"]["samples_drawn"] == res["models"]["pgraft"]["samples_drawn"] == 40
-    for f in ("config.yaml", "metrics.jsonl", "grid_base.png", "grid_pgraft.png", "reward_per_round.png",
-              "models/pgraft.safetensors"):
+    for f in (
+        "config.yaml",
+        "metrics.jsonl",
+        "grid_base.png",
+        "grid_pgraft.png",
+        "reward_per_round.png",
+        "models/pgraft.safetensors",
+    ):
         assert (tmp_path / "demo" / f).exists(), f
     assert "pgraft" in capsys.readouterr().out
 
@@ -39,8 +46,22 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
     sweep_cfg = yaml.safe_load(TINY.read_text())
     del sweep_cfg["pgraft_n_i"]  # the sweep's own N_I list replaces it
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep_cfg))
-    assert main(["sweep", "--config", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "sweep"),
-                 "--set", "n_i_fracs=[0.0, 0.5]", "--set", "diag_completions=3"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--config",
+                str(tmp_path / "sweep.yaml"),
+                "--out",
+                str(tmp_path / "sweep"),
+                "--set",
+                "n_i_fracs=[0.0, 0.5]",
+                "--set",
+                "diag_completions=3",
+            ]
+        )
+        == 0
+    )
     assert [p.stat().st_mtime for p in cached] == mtimes
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]
     assert [r["n_i_frac"] for r in rows] == [0.0, 0.5]
@@ -50,8 +71,16 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
 
 def test_corrupt_cached_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PGRAFT_CACHE", str(tmp_path / "cache"))
-    tiny_task = ["--set", "unet.pretrain_steps=2", "--set", "judge.steps=2", "--set", "unet.block_out_channels=[8,16]",
-                 "--set", "unet.attention=false"]
+    tiny_task = [
+        "--set",
+        "unet.pretrain_steps=2",
+        "--set",
+        "judge.steps=2",
+        "--set",
+        "unet.block_out_channels=[8,16]",
+        "--set",
+        "unet.attention=false",
+    ]
     assert main(["pretrain", *tiny_task]) == 0
     (base,) = (tmp_path / "cache").rglob("base-*/weights.safetensors")
     base.write_bytes(base.read_bytes()[:-10])

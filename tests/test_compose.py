@@ -1,4 +1,5 @@
 """Composed inference switches from the fine-tuned to the base network at exactly N_I."""
+
 import pytest
 import torch
 from torch import nn
@@ -50,8 +51,14 @@ def test_switch_happens_at_exactly_n_i(n_i):
 def test_completion_from_an_intermediate_state_runs_only_the_remaining_steps():
     sched = Schedule.from_scheduler_config(CFG, 10, "ddim", 1.0)
     net = Recorder(0.1)
-    run_chain(Single(net), sched, torch.randn(2, 1, 3, 3), torch.zeros(2, dtype=torch.long),
-              torch.Generator().manual_seed(0), start_state=4)
+    run_chain(
+        Single(net),
+        sched,
+        torch.randn(2, 1, 3, 3),
+        torch.zeros(2, dtype=torch.long),
+        torch.Generator().manual_seed(0),
+        start_state=4,
+    )
     assert net.calls == sched.timesteps.tolist()[-4:]
 
 

@@ -1,4 +1,5 @@
 """The shipped YAML configs validate, and the documented defaults are the code's defaults."""
+
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,6 @@
 """A seconds-long P-GRAFT run on a tiny model: rewards rise, NaN rewards are survived."""
+
 import pytest
-import torch
 
 from pgraft.config import EvalConfig, PGraftConfig
 from pgraft.engine.compose import Single
@@ -20,31 +20,46 @@ def nan_every_third(images, conds):
 
 
 def _cfg(n_i, **kw):
-    return PGraftConfig.model_validate({
-        "n_i": n_i, "samples_per_condition": 16, "rounds": 3,
-        "select": {"rule": "top_k", "k": 4},
-        "train": {"lr": 3e-3, "batch_size": 32, "steps_per_round": 40, **kw},
-        "sampler": {"steps": 8},
-    })
+    return PGraftConfig.model_validate(
+        {
+            "n_i": n_i,
+            "samples_per_condition": 16,
+            "rounds": 3,
+            "select": {"rule": "top_k", "k": 4},
+            "train": {"lr": 3e-3, "batch_size": 32, "steps_per_round": 40, **kw},
+            "sampler": {"steps": 8},
+        }
+    )
 
 
 @pytest.mark.parametrize("n_i,mode", [(0, "full"), (3, "full"), (3, "lora")])
 def test_rewards_rise_over_rounds(tiny_digits_model, n_i, mode):
     extra = {"mode": mode, "lora_rank": 8, "lr": 1e-2} if mode == "lora" else {}
-    run = run_pgraft(tiny_digits_model, brightness, decode, 3, (1, 8, 8), _cfg(n_i, **extra), null_label=10,
-                     progress=False)
+    run = run_pgraft(
+        tiny_digits_model, brightness, decode, 3, (1, 8, 8), _cfg(n_i, **extra), null_label=10, progress=False
+    )
     assert run.samples_drawn == 3 * 3 * 16
     # Held-out evaluation with common noise: the composed fine-tuned sampler beats the base.
-    ev = {name: evaluate(policy, run.schedule, brightness, None, 3, (1, 8, 8), decode, EvalConfig(samples_per_class=64))
-          for name, policy in (("base", Single(tiny_digits_model)), ("tuned", run.policy))}
+    ev = {
+        name: evaluate(policy, run.schedule, brightness, None, 3, (1, 8, 8), decode, EvalConfig(samples_per_class=64))
+        for name, policy in (("base", Single(tiny_digits_model)), ("tuned", run.policy))
+    }
     assert ev["tuned"].reward_mean > ev["base"].reward_mean + 0.02, (ev["base"].reward_mean, ev["tuned"].reward_mean)
     assert ev["tuned"].reward_ci95[0] > ev["base"].reward_ci95[1]
     assert all(r.accepted == 12 for r in run.history)
 
 
 def test_nan_rewards_are_excluded_and_counted(tiny_digits_model):
-    run = run_pgraft(tiny_digits_model, nan_every_third, decode, 3, (1, 8, 8), _cfg(0).model_copy(update={"rounds": 1}),
-                     null_label=10, progress=False)
+    run = run_pgraft(
+        tiny_digits_model,
+        nan_every_third,
+        decode,
+        3,
+        (1, 8, 8),
+        _cfg(0).model_copy(update={"rounds": 1}),
+        null_label=10,
+        progress=False,
+    )
     (log,) = run.history
     assert log.invalid_rewards == 16  # ceil(48 / 3)
     assert log.accepted == 12

@@ -1,4 +1,5 @@
 """The batched denoising step against diffusers' own DDIMScheduler / DDPMScheduler .step()."""
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
@@ -23,8 +24,9 @@ def test_ddim_step_matches_diffusers_at_every_step(prediction_type, eta, guidanc
         x, cond, uncond, z = (torch.randn(4, 1, 6, 6, generator=g) for _ in range(4))
         out = uncond + guidance * (cond - uncond)
         expect = ref.step(out, t, x, eta=eta, variance_noise=z)
-        got = denoise_step(x, cond, i, ours, z, uncond_output=uncond if guidance != 1.0 else None,
-                           guidance_scale=guidance)
+        got = denoise_step(
+            x, cond, i, ours, z, uncond_output=uncond if guidance != 1.0 else None, guidance_scale=guidance
+        )
         if guidance == 1.0:
             got = denoise_step(x, out, i, ours, z)
         torch.testing.assert_close(got.prev_sample, expect.prev_sample, atol=1e-5, rtol=0)

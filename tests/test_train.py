@@ -1,4 +1,5 @@
 """P-GRAFT's denoising loss has the right minimiser, and the DeepSpeed trainer learns with it."""
+
 import pytest
 import torch
 from torch import nn
@@ -28,8 +29,9 @@ class ScaledOptimum(nn.Module):
 
 def _loss(model, x, level, t_min=0, weighting="unit_target"):
     g = torch.Generator().manual_seed(42)  # the same t and ε' draws for every model compared
-    return float(dsm_loss(model, x, torch.zeros(len(x), dtype=torch.long), level, AC, g, t_min=t_min,
-                          weighting=weighting))
+    return float(
+        dsm_loss(model, x, torch.zeros(len(x), dtype=torch.long), level, AC, g, t_min=t_min, weighting=weighting)
+    )
 
 
 def _fitted_scale(x_data, level, weighting, t_min=0):
@@ -56,7 +58,9 @@ def test_only_the_level_aware_loss_prefers_the_true_score_over_the_noisy_data_sc
     g = torch.Generator().manual_seed(0)
     s = 250
     a_s = float(AC[s])
-    x_s = a_s**0.5 * SIGMA * torch.randn(20000, 1, 2, 2, generator=g) + (1 - a_s) ** 0.5 * torch.randn(20000, 1, 2, 2, generator=g)
+    x_s = a_s**0.5 * SIGMA * torch.randn(20000, 1, 2, 2, generator=g) + (1 - a_s) ** 0.5 * torch.randn(
+        20000, 1, 2, 2, generator=g
+    )
     true, fake = ScaledOptimum(1.0), ScaledOptimum(1.0, sigma=(a_s * SIGMA**2 + 1 - a_s) ** 0.5)
     assert _loss(true, x_s, s) < _loss(fake, x_s, s)
     assert _loss(fake, x_s, -1, t_min=s + 1) < _loss(true, x_s, -1, t_min=s + 1)

@@ -5,6 +5,7 @@ x_{S-i-1}, so the fine-tuned model takes the steps whose *input* state index S-i
 i.e. whose model timestep lies strictly above s = t_{N_I}. With LoRA the two are one network
 whose adapter is switched off at N_I (:class:`AdapterOff`).
 """
+
 from __future__ import annotations
 
 from typing import Protocol

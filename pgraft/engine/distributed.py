@@ -1,4 +1,5 @@
 """Process-group set-up: every run is a DeepSpeed run, a single process included (gloo on CPU)."""
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ Every model is evaluated on the same held-out seeds (common random numbers), dis
 rollout seeds. Diversity (ours): the mean pairwise RMS pixel distance between samples of the same
 class, in image space [0, 1], averaged over classes.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,8 +84,16 @@ def evaluate(
     labels = torch.arange(num_classes).repeat_interleave(cfg.samples_per_class)
     gen = torch.Generator().manual_seed(cfg.seed)
     out = rollout(
-        policy, schedule, labels, sample_shape, gen, guidance_scale=guidance_scale,
-        null_label=null_label, batch_size=cfg.batch_size, progress=progress, desc=desc,
+        policy,
+        schedule,
+        labels,
+        sample_shape,
+        gen,
+        guidance_scale=guidance_scale,
+        null_label=null_label,
+        batch_size=cfg.batch_size,
+        progress=progress,
+        desc=desc,
     )
     images = decode(out.x0)
     rewards = score(reward_fn, images, labels)
@@ -92,4 +101,6 @@ def evaluate(
     mean, ci = mean_ci95(rewards[finite])
     per_class = [float(rewards[(labels == c) & finite].mean()) for c in range(num_classes)]
     acc = float((classify(images) == labels).float().mean()) if classify is not None else float("nan")
-    return Evaluation(mean, ci, per_class, acc, diversity(images, labels), labels.numel(), time.time() - t0, images, labels)
+    return Evaluation(
+        mean, ci, per_class, acc, diversity(images, labels), labels.numel(), time.time() - t0, images, labels
+    )

@@ -3,6 +3,7 @@
 Every random draw comes from the caller's generator (x_T first, then one noise tensor per step,
 chunk after chunk), so a rollout is reproducible on the CPU for a fixed chunk size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -84,8 +85,14 @@ def rollout(
         c = cond[start : start + batch_size]
         x = torch.randn((c.shape[0], *sample_shape), generator=generator)
         x0, kept = run_chain(
-            policy, schedule, x, c, generator,
-            keep=(n_i,) if n_i > 0 else (), guidance_scale=guidance_scale, null_label=null_label,
+            policy,
+            schedule,
+            x,
+            c,
+            generator,
+            keep=(n_i,) if n_i > 0 else (),
+            guidance_scale=guidance_scale,
+            null_label=null_label,
         )
         x0s.append(x0)
         xnis.append(kept[n_i] if n_i > 0 else x0)

@@ -3,6 +3,7 @@
 Round k+1 samples from the composed model of round k (fine-tuned from T to N_I, base below).
 N_I = 0 is GRAFT. The fine-tuned network is a full copy of the base or a LoRA adapter over it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -95,23 +96,37 @@ def run_pgraft(
         # Same rollout seeds whatever N_I: methods compared at one budget see common noise.
         gen = generator(cfg.seed, "rollout", k)
         traj = rollout(
-            policy, schedule, conds, sample_shape, gen, n_i=cfg.n_i,
-            guidance_scale=s_cfg.guidance_scale, null_label=null_label,
-            batch_size=cfg.rollout_batch, progress=progress, desc=f"{name} r{k} rollout",
+            policy,
+            schedule,
+            conds,
+            sample_shape,
+            gen,
+            n_i=cfg.n_i,
+            guidance_scale=s_cfg.guidance_scale,
+            null_label=null_label,
+            batch_size=cfg.rollout_batch,
+            progress=progress,
+            desc=f"{name} r{k} rollout",
         )
         images = decode(traj.x0)
         rewards = score(reward_fn, images, conds)
         sel = select(
-            rewards.view(num_conditions, cfg.samples_per_condition), cfg.select,
-            generator=generator(cfg.seed, "select", k), samples=images,
+            rewards.view(num_conditions, cfg.samples_per_condition),
+            cfg.select,
+            generator=generator(cfg.seed, "select", k),
+            samples=images,
         )
         idx = sel.indices
         if sel.invalid:
             log.warning("%s round %d: %d non-finite rewards excluded", name, k, sel.invalid)
         buffer.add(k, x_ni=traj.x_ni[idx], x0=traj.x0[idx], cond=conds[idx], reward=rewards[idx])
         if len(buffer):
-            losses = trainer.train(training_data(buffer, cfg, schedule), cfg.train.steps_per_round,
-                                   progress=progress, desc=f"{name} r{k} train")
+            losses = trainer.train(
+                training_data(buffer, cfg, schedule),
+                cfg.train.steps_per_round,
+                progress=progress,
+                desc=f"{name} r{k} train",
+            )
         else:
             log.warning("%s round %d: the rule accepted no sample; no training this round", name, k)
             losses = [float("nan")]

@@ -12,6 +12,7 @@ Law of an accepted sample, marginalised over the rest of its group (F = CDF of r
   dedup      top-K after collapsing near-duplicates (ours: greedy in reward order, a sample is a
              duplicate of an accepted one when their RMS pixel distance is below dedup_eps)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

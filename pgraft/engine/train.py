@@ -9,6 +9,7 @@ blows up as t → s, so by default each t is weighted by (1 − ᾱ_t/ᾱ_s)/(1 
 weight per t keeps the minimiser), which makes the regression target exactly ε'. v-prediction
 networks are converted to ε̂ = √ᾱ_t·v̂ + √(1 − ᾱ_t)·x_t, a per-t affine map with the same minimiser.
 """
+
 from __future__ import annotations
 
 import copy
@@ -91,7 +92,9 @@ def make_trainable(base: nn.Module, cfg: TrainConfig) -> nn.Module:
 class DenoisingTrainer:
     """Owns one DeepSpeed engine around a trainable denoiser and runs optimizer steps."""
 
-    def __init__(self, model: nn.Module, alphas_cumprod: torch.Tensor, cfg: TrainConfig, *, null_label: int | None, seed: int):
+    def __init__(
+        self, model: nn.Module, alphas_cumprod: torch.Tensor, cfg: TrainConfig, *, null_label: int | None, seed: int
+    ):
         import deepspeed
 
         ensure_distributed()
@@ -133,8 +136,14 @@ class DenoisingTrainer:
                     drop = torch.rand(cond.shape, generator=self.generator) < self.cfg.cond_dropout
                     cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
                 loss = dsm_loss(
-                    self.engine, data.x[idx], cond, data.level, self.alphas_cumprod, self.generator,
-                    t_min=data.t_min + self.cfg.t_margin, weighting=self.cfg.weighting,
+                    self.engine,
+                    data.x[idx],
+                    cond,
+                    data.level,
+                    self.alphas_cumprod,
+                    self.generator,
+                    t_min=data.t_min + self.cfg.t_margin,
+                    weighting=self.cfg.weighting,
                     prediction_type=self.prediction_type,
                 )
                 value = float(loss.detach())

@@ -1,20 +1,53 @@
 """Pieces the demo and the sweep share: evaluating a policy on the task, running one method."""
+
 from __future__ import annotations
 
-from ..config import EvalConfig, PGraftConfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DemoConfig, EvalConfig, PGraftConfig, SweepConfig
 from ..engine.compose import Policy
 from ..engine.evaluate import Evaluation, evaluate
 from ..engine.rounds import PGraftRun, run_pgraft
 from ..models.schedule import Schedule
-from ..tasks import Task
+from ..tasks import Task, prepare_task
 from .run_dir import RunDir
 
 
-def evaluate_on_task(task: Task, policy: Policy, schedule: Schedule, method: PGraftConfig, cfg: EvalConfig, name: str) -> Evaluation:
+@dataclass
+class Experiment:
+    run: RunDir
+    task: Task
+    schedule: Schedule
+    started: float
+
+
+def start_experiment(cfg: DemoConfig | SweepConfig, out: str | Path, force: bool) -> Experiment:
+    """Open the run folder, prepare the task (cached models) and the method's sampler schedule."""
+    started = time.time()
+    run = RunDir(out, cfg)
+    task = prepare_task(cfg.task, force=force)
+    s = cfg.method.sampler
+    return Experiment(run, task, task.schedule(s.steps, s.kind, s.eta), started)
+
+
+def evaluate_on_task(
+    task: Task, policy: Policy, schedule: Schedule, method: PGraftConfig, cfg: EvalConfig, name: str
+) -> Evaluation:
     return evaluate(
-        policy, schedule, task.reward, task.reward.classify, task.num_classes, task.sample_shape,
-        task.decode, cfg, guidance_scale=method.sampler.guidance_scale,
-        null_label=task.base.null_label, progress=True, desc=f"evaluate {name}",
+        policy,
+        schedule,
+        task.reward,
+        task.reward.classify,
+        task.num_classes,
+        task.sample_shape,
+        task.decode,
+        cfg,
+        guidance_scale=method.sampler.guidance_scale,
+        null_label=task.base.null_label,
+        progress=True,
+        desc=f"evaluate {name}",
     )
 
 
@@ -23,10 +56,19 @@ def run_method(task: Task, method: PGraftConfig, run: RunDir, name: str) -> PGra
         run.log(name, entry.round, vars(entry))
 
     result = run_pgraft(
-        task.base, task.reward, task.decode, task.num_classes, task.sample_shape, method,
-        null_label=task.base.null_label, on_round=on_round, name=name,
+        task.base,
+        task.reward,
+        task.decode,
+        task.num_classes,
+        task.sample_shape,
+        method,
+        null_label=task.base.null_label,
+        on_round=on_round,
+        name=name,
     )
-    run.save_model(name, result.model, {"n_i": result.n_i, "mode": method.train.mode, "sampler_steps": result.schedule.steps})
+    run.save_model(
+        name, result.model, {"n_i": result.n_i, "mode": method.train.mode, "sampler_steps": result.schedule.steps}
+    )
     return result
 
 

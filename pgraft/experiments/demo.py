@@ -1,4 +1,5 @@
 """`pgraft demo`: base vs GRAFT (N_I = 0) vs P-GRAFT (N_I = pgraft_n_i) at the same sample budget."""
+
 from __future__ import annotations
 
 import time
@@ -7,19 +8,14 @@ from pathlib import Path
 from ..config import DemoConfig
 from ..engine.compose import Single
 from ..report import plot_reward_per_round, save_grid, table
-from ..tasks import prepare_task
-from .common import evaluate_on_task, model_summary, run_method
-from .run_dir import RunDir
+from .common import evaluate_on_task, model_summary, run_method, start_experiment
 
 COLUMNS = ["model", "reward_mean", "reward_ci95", "accuracy", "diversity", "samples_drawn", "wall_s"]
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
-    t0 = time.time()
-    run = RunDir(out, cfg)
-    task = prepare_task(cfg.task, force=force)
-    m = cfg.method
-    schedule = task.schedule(m.sampler.steps, m.sampler.kind, m.sampler.eta)
+    exp = start_experiment(cfg, out, force)
+    run, task, schedule, m = exp.run, exp.task, exp.schedule, cfg.method
     models, curves = {}, {}
 
     ev = evaluate_on_task(task, Single(task.base), schedule, m, cfg.eval, "base")
@@ -46,12 +42,14 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
             "setup_s": task.pretrain_s,
             "cached_models": task.paths,
         },
-        "total_wall_s": time.time() - t0,
+        "total_wall_s": time.time() - exp.started,
     }
     run.results(results)
     run.close()
     rows = [{"model": k, **v} for k, v in models.items()]
     print(table(rows, COLUMNS))
-    print(f"judge held-out accuracy {task.judge_accuracy:.4f}; real test digits' mean reward {task.real_reward_mean:.4f}")
+    print(
+        f"judge held-out accuracy {task.judge_accuracy:.4f}; real test digits' mean reward {task.real_reward_mean:.4f}"
+    )
     print(f"wrote {run.path / 'results.json'}")
     return results

@@ -10,6 +10,7 @@ follow diffusers' DDIMScheduler.step / DDPMScheduler.step (METHOD.md §4 writes 
         σ² = (1−ᾱ_prev)/(1−ᾱ_t)·β'
 Arithmetic is float32 whatever the storage dtype.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -75,9 +76,7 @@ def denoise_step(
         prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
     else:
         sigma = var.clamp(min=1e-20).sqrt() * (a_prev < 1).float()  # no noise onto x_0
-        prev = (a_prev.sqrt() * beta_ratio / (1 - a_t)) * x0 + (
-            (1 - beta_ratio).sqrt() * (1 - a_prev) / (1 - a_t)
-        ) * x
+        prev = (a_prev.sqrt() * beta_ratio / (1 - a_t)) * x0 + ((1 - beta_ratio).sqrt() * (1 - a_prev) / (1 - a_t)) * x
     if bool((sigma > 0).any()):
         if noise is None:
             raise ShapeError("this step is stochastic: pass a noise tensor")

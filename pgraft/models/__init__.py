@@ -1,4 +1,5 @@
 """Adapters over diffusers models and schedules: one denoiser signature for the engine."""
+
 from .schedule import Schedule
 from .unet import ClassConditionalUNet, Denoiser, build_class_unet
 

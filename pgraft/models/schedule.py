@@ -5,6 +5,7 @@ the cumulative alphas ᾱ(t_i) and ᾱ(prev), so the update needs no per-step ho
 State indexing follows METHOD.md: x_S is the initial noise, step i maps x_{S-i} → x_{S-i-1},
 and x_n (n ≥ 1) sits at training timestep ``timesteps[S - n]``; x_0 is the clean sample.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -68,8 +69,7 @@ class Schedule:
         sched = scheduler_cls(**{k: v for k, v in config.items() if k in known})
         if steps > sched.config.num_train_timesteps:
             raise ConfigError(
-                f"sampler.steps={steps} exceeds the schedule's {sched.config.num_train_timesteps} "
-                "training timesteps"
+                f"sampler.steps={steps} exceeds the schedule's {sched.config.num_train_timesteps} training timesteps"
             )
         sched.set_timesteps(steps)
         ac = sched.alphas_cumprod.to(torch.float64)

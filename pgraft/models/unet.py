@@ -4,6 +4,7 @@ The engine only ever calls ``denoiser(x_t, t, cond) -> network output`` and read
 ``denoiser.prediction_type`` ("epsilon" or "v_prediction"); class labels play the role of prompts.
 Label ``num_classes`` is the null label used for classifier-free guidance.
 """
+
 from __future__ import annotations
 
 from typing import Protocol

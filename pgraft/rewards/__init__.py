@@ -1,4 +1,5 @@
 """Reward functions behind one signature: ``reward(images [B,C,H,W] in [0,1], conditions) -> [B]``."""
+
 from .base import RewardFn, score
 from .judge import JudgeReward
 

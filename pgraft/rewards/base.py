@@ -1,4 +1,5 @@
 """The reward signature and the one place its contract is checked."""
+
 from __future__ import annotations
 
 from typing import Callable

@@ -1,4 +1,5 @@
 """Prompt-alignment reward from a classifier: r(x, c) = p_judge(class = c | x)."""
+
 from __future__ import annotations
 
 import torch

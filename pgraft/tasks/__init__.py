@@ -3,6 +3,7 @@
 ``prepare_task(cfg)`` returns everything the engine needs; pretrained parts come from the cache
 (keyed by a hash of their config) or are trained once and stored there.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,7 +43,12 @@ class Task:
 
 
 def _data_key(cfg: TaskConfig) -> dict:
-    return {"task": cfg.name, "image_size": cfg.image_size, "test_fraction": cfg.test_fraction, "split_seed": cfg.split_seed}
+    return {
+        "task": cfg.name,
+        "image_size": cfg.image_size,
+        "test_fraction": cfg.test_fraction,
+        "split_seed": cfg.split_seed,
+    }
 
 
 def pretrain_base(cfg: TaskConfig, data: DigitsData, progress: bool = True) -> ClassConditionalUNet:
@@ -51,9 +57,13 @@ def pretrain_base(cfg: TaskConfig, data: DigitsData, progress: bool = True) -> C
     torch.manual_seed(u.seed)
     model = ClassConditionalUNet.from_config(u, cfg.image_size, NUM_CLASSES)
     schedule = Schedule.from_scheduler_config(model.scheduler_config, 1)
-    train_cfg = TrainConfig(mode="full", lr=u.pretrain_lr, batch_size=u.pretrain_batch, cond_dropout=u.cond_dropout, weighting="none")
+    train_cfg = TrainConfig(
+        mode="full", lr=u.pretrain_lr, batch_size=u.pretrain_batch, cond_dropout=u.cond_dropout, weighting="none"
+    )
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, train_cfg, null_label=model.null_label, seed=u.seed)
-    trainer.train(TrainingData(data.train_x, data.train_y, level=-1), u.pretrain_steps, progress=progress, desc="pretrain base")
+    trainer.train(
+        TrainingData(data.train_x, data.train_y, level=-1), u.pretrain_steps, progress=progress, desc="pretrain base"
+    )
     return model.eval().requires_grad_(False)
 
 
@@ -93,9 +103,15 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
     reward = JudgeReward(judge)
     real_reward = float(reward(decode(data.test_x), data.test_y).mean())
     return Task(
-        name=cfg.name, data=data, base=base, reward=reward, judge_accuracy=judge_acc,
-        real_reward_mean=real_reward, num_classes=NUM_CLASSES,
-        sample_shape=(1, cfg.image_size, cfg.image_size), decode=decode,
-        paths={"judge": str(judge_path), "base": str(base_path)}, pretrain_s=time.time() - t0,
+        name=cfg.name,
+        data=data,
+        base=base,
+        reward=reward,
+        judge_accuracy=judge_acc,
+        real_reward_mean=real_reward,
+        num_classes=NUM_CLASSES,
+        sample_shape=(1, cfg.image_size, cfg.image_size),
+        decode=decode,
+        paths={"judge": str(judge_path), "base": str(base_path)},
+        pretrain_s=time.time() - t0,
     )
-

@@ -1,4 +1,5 @@
 """A cache of pretrained task models, keyed by a hash of the config that produced them."""
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 Images are upsampled to ``image_size`` (bilinear), scaled to [-1, 1] for the diffusion model, and
 split into train / held-out test with a fixed seed, stratified by class.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

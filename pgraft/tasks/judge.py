@@ -4,6 +4,7 @@ It plays the role of VQAScore in the paper's text-to-image experiments (prompt a
 trained with small random shifts and pixel noise so that it judges generated digits by shape,
 not by artefacts of the real data's upsampling.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,11 +19,17 @@ class JudgeNet(nn.Module):
     def __init__(self, num_classes: int = 10, channels: int = 1):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(256, 128), nn.SiLU(), nn.Linear(128, num_classes),
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(256, 128),
+            nn.SiLU(),
+            nn.Linear(128, num_classes),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
