@@ -1,10 +1,16 @@
 """Install the pgraft package.
 
+Builds the C++ extension pgraft._C (torch CppExtension), so torch must be installed first.
 Pinned so that a fresh CPU machine gets torch==2.13.0 (the CPU build on disk) and the stack
 measured in ../shared/STACK.md. Install after torch, without build isolation:
     pip install torch==2.13.0 && pip install --no-build-isolation -e '.[test]'
 """
+import os
+
 from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 INSTALL_REQUIRES = [
     "torch==2.13.0",
@@ -32,7 +38,7 @@ setup(
     name="pgraft",
     version="0.1.0",
     description="Fine-tune diffusion and flow models toward a reward: GRAFT, P-GRAFT, inverse noise correction",
-    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pgraft", "pgraft.*"]),
@@ -42,4 +48,14 @@ setup(
         "gpu": ["xformers==0.0.35"],
     },
     entry_points={"console_scripts": ["pgraft=pgraft.cli:main"]},
+    # pgraft._C: csrc/ (plain C++17) exposed by the pybind11 module in bindings/.
+    ext_modules=[
+        CppExtension(
+            "pgraft._C",
+            ["bindings/module.cpp"],
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args=["-O3", "-std=c++17"],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension},
 )

@@ -56,7 +56,17 @@ def run_chain(
         else:
             out, uncond = model(x, t, cond), None
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-        x = denoise_step(x, out, step, schedule, noise, uncond_output=uncond, guidance_scale=guidance_scale).prev_sample
+        x = denoise_step(
+            x,
+            out,
+            step,
+            schedule,
+            noise,
+            uncond_output=uncond,
+            guidance_scale=guidance_scale,
+            return_x0=False,
+            inplace=step > steps - start_state,  # never overwrite the caller's starting tensor
+        ).prev_sample
         n = steps - step - 1
         if n in keep:
             kept[n] = x.clone()

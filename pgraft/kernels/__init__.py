@@ -1,4 +1,5 @@
-"""Batched numerical kernels. Each has a plain-torch reference; the dispatcher chooses the path."""
+"""Batched kernels, each a triad: Triton kernel, plain-torch reference (plus a fused C++ CPU loop
+where it pays), one dispatcher. See pgraft/kernels/_backend.py for how the path is chosen."""
 
 from .denoise_step import StepOutput, denoise_step
 

@@ -1,0 +1,79 @@
+// pgraft._C: the pybind11 module over csrc/. Arguments are validated in Python
+// (pgraft/kernels/*.py) before they reach here; the checks below guard memory safety only.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+#include "denoise_step.h"
+
+namespace {
+
+constexpr int64_t kChunk = 1 << 14;  // elements per parallel task
+
+template <typename T>
+void denoise_step_typed(const at::Tensor& x, const at::Tensor& o, const c10::optional<at::Tensor>& u,
+                        const c10::optional<at::Tensor>& z, const at::Tensor& step, const at::Tensor& table,
+                        double guidance, double clip, const at::Tensor& prev, const c10::optional<at::Tensor>& x0,
+                        const c10::optional<at::Tensor>& sumsq) {
+  const int64_t rows = x.size(0);
+  const int64_t row_len = rows ? x.numel() / rows : 0;
+  const int64_t chunks = (row_len + kChunk - 1) / kChunk;
+  const int64_t* steps = step.data_ptr<int64_t>();
+  const float* coef = table.data_ptr<float>();
+  std::vector<double> partial(static_cast<size_t>(rows * chunks), 0.0);
+  const T* xp = x.data_ptr<T>();
+  const T* op = o.data_ptr<T>();
+  const T* up = u ? u->data_ptr<T>() : nullptr;
+  const T* zp = z ? z->data_ptr<T>() : nullptr;
+  T* pp = prev.data_ptr<T>();
+  T* x0p = x0 ? x0->data_ptr<T>() : nullptr;
+  at::parallel_for(0, rows * chunks, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t r = task / chunks, c = task % chunks;
+      const int64_t off = r * row_len, begin = c * kChunk, end = std::min(row_len, begin + kChunk);
+      pgraft::StepArgs<T> a{xp + off, op + off, up ? up + off : nullptr, zp ? zp + off : nullptr, pp + off,
+                            x0p ? x0p + off : nullptr, coef + steps[r] * pgraft::kNumCoefficients,
+                            static_cast<float>(guidance), static_cast<float>(clip)};
+      pgraft::step_range_dispatch<T>(a, begin, end);
+      if (sumsq && zp) partial[task] = pgraft::sum_squares<T>(zp + off, begin, end);
+    }
+  });
+  if (sumsq) {
+    double* out = sumsq->data_ptr<double>();
+    for (int64_t r = 0; r < rows; ++r) {
+      double s = 0.0;
+      for (int64_t c = 0; c < chunks; ++c) s += partial[r * chunks + c];
+      out[r] = s;
+    }
+  }
+}
+
+void denoise_step(const at::Tensor& x, const at::Tensor& o, const c10::optional<at::Tensor>& u,
+                  const c10::optional<at::Tensor>& z, const at::Tensor& step, const at::Tensor& table, double guidance,
+                  double clip, const at::Tensor& prev, const c10::optional<at::Tensor>& x0,
+                  const c10::optional<at::Tensor>& sumsq) {
+  TORCH_CHECK(x.is_contiguous() && o.is_contiguous() && prev.is_contiguous(), "tensors must be contiguous");
+  TORCH_CHECK(x.device().is_cpu(), "the C++ step runs on CPU tensors");
+  TORCH_CHECK(step.scalar_type() == at::kLong && step.numel() == x.size(0), "step must be int64 [B]");
+  TORCH_CHECK(table.scalar_type() == at::kFloat && table.size(1) == pgraft::kNumCoefficients, "bad table");
+  TORCH_CHECK(step.numel() == 0 || (step.min().item<int64_t>() >= 0 && step.max().item<int64_t>() < table.size(0)),
+              "step index out of range");
+  for (const auto* t : {&o, &prev}) TORCH_CHECK(t->sizes() == x.sizes() && t->dtype() == x.dtype(), "shape/dtype");
+  for (const auto* t : {&u, &z, &x0})
+    if (*t) TORCH_CHECK((*t)->sizes() == x.sizes() && (*t)->dtype() == x.dtype() && (*t)->is_contiguous(), "shape");
+  if (sumsq) TORCH_CHECK(sumsq->scalar_type() == at::kDouble && sumsq->numel() == x.size(0), "sumsq must be f64 [B]");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "denoise_step", [&] {
+    denoise_step_typed<scalar_t>(x, o, u, z, step, table, guidance, clip, prev, x0, sumsq);
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "pgraft's compiled core";
+  m.def("denoise_step", &denoise_step, "fused denoising step (CPU)", py::arg("x"), py::arg("o"), py::arg("u"),
+        py::arg("z"), py::arg("step"), py::arg("table"), py::arg("guidance"), py::arg("clip"), py::arg("prev"),
+        py::arg("x0"), py::arg("sumsq"));
+}
