@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..buffer import TrajectoryBuffer
 from ..config import PGraftConfig
+from ..kernels.select import gather_rows
 from ..models.schedule import Schedule
 from ..rewards.base import RewardFn, score
 from ..seeding import generator
@@ -119,7 +120,9 @@ def run_pgraft(
         idx = sel.indices
         if sel.invalid:
             log.warning("%s round %d: %d non-finite rewards excluded", name, k, sel.invalid)
-        buffer.add(k, x_ni=traj.x_ni[idx], x0=traj.x0[idx], cond=conds[idx], reward=rewards[idx])
+        x_ni, x0 = gather_rows(idx.to(traj.x0.device), traj.x_ni, traj.x0)
+        cond, reward = gather_rows(idx, conds, rewards)
+        buffer.add(k, x_ni=x_ni, x0=x0, cond=cond, reward=reward)
         if len(buffer):
             losses = trainer.train(
                 training_data(buffer, cfg, schedule),
@@ -137,7 +140,7 @@ def run_pgraft(
             rollout_reward_mean=float(rewards[finite].mean()) if bool(finite.any()) else float("nan"),
             accepted=sel.count,
             invalid_rewards=sel.invalid,
-            accepted_reward_mean=float(rewards[idx].mean()) if sel.count else float("nan"),
+            accepted_reward_mean=float(reward.mean()) if sel.count else float("nan"),
             train_loss=sum(losses[-10:]) / len(losses[-10:]),
             wall_s=time.time() - t0,
         )

@@ -21,6 +21,7 @@ import torch
 
 from ..config import SelectConfig
 from ..errors import RewardError, ShapeError
+from ..kernels.select import group_topk, threshold_mask
 
 
 @dataclass
@@ -35,19 +36,6 @@ class Selection:
         return int(self.indices.numel())
 
 
-def _ranked(rewards: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-row column order: valid rewards descending, ties by lowest index, invalid last."""
-    key = torch.where(valid, rewards, torch.full_like(rewards, -torch.inf))
-    return torch.sort(key, dim=1, descending=True, stable=True).indices
-
-
-def _top_k_mask(rewards: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
-    order = _ranked(rewards, valid)[:, :k]
-    mask = torch.zeros_like(valid)
-    mask.scatter_(1, order, True)
-    return mask & valid
-
-
 def _classic_mask(rewards, valid, cfg: SelectConfig, generator) -> torch.Tensor:
     if cfg.r_max is None:  # ours: the group's own best reward stands in for the bound
         r_max = torch.where(valid, rewards, torch.full_like(rewards, -torch.inf)).amax(1, keepdim=True)
@@ -58,9 +46,9 @@ def _classic_mask(rewards, valid, cfg: SelectConfig, generator) -> torch.Tensor:
                 f"a reward of {float(worst):.4g} exceeds select.r_max={cfg.r_max}; set r_max to a "
                 "bound on the reward, or to null to use each group's maximum"
             )
-        r_max = torch.tensor(cfg.r_max, dtype=rewards.dtype)
+        r_max = torch.tensor(cfg.r_max, dtype=rewards.dtype, device=rewards.device)
     prob = torch.exp((rewards - r_max) / cfg.alpha).clamp(max=1.0)
-    u = torch.rand(rewards.shape, generator=generator, dtype=rewards.dtype)
+    u = torch.rand(rewards.shape, generator=generator, dtype=rewards.dtype).to(rewards.device)
     return valid & (u < torch.nan_to_num(prob, nan=0.0))
 
 
@@ -68,13 +56,13 @@ def _dedup_mask(rewards, valid, k: int, eps: float, samples: torch.Tensor) -> to
     g, m = rewards.shape
     flat = samples.reshape(g, m, -1).float()
     dim = flat.shape[-1]
-    order = _ranked(rewards, valid)
+    order = group_topk(rewards, m, valid)[0]
     mask = torch.zeros_like(valid)
     for gi in range(g):
         dist = torch.cdist(flat[gi], flat[gi]) / dim**0.5  # RMS pixel distance
         kept: list[int] = []
         for j in order[gi].tolist():
-            if len(kept) == k or not bool(valid[gi, j]):
+            if len(kept) == k or j < 0:
                 break
             if kept and bool((dist[j, kept] < eps).any()):
                 continue
@@ -89,42 +77,42 @@ def select(
     *,
     generator: torch.Generator | None = None,
     samples: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> Selection:
     """Apply ``cfg.rule`` to each row of ``rewards`` [G, M].
 
     ``samples`` ([G*M, ...]) is needed by the dedup rule; ``generator`` by the classic rule.
+    Ranking runs through pgraft.kernels.select (Triton on CUDA tensors).
     """
     if rewards.ndim != 2:
         raise ShapeError(f"rewards must be [groups, samples_per_group], got shape {tuple(rewards.shape)}")
-    rewards = rewards.float().cpu()
+    rewards = rewards.float()
     g, m = rewards.shape
     valid = torch.isfinite(rewards)
     if cfg.rule in ("top_k", "dedup") and cfg.k > m:
         raise ShapeError(f"select.k={cfg.k} exceeds the group size M={m}")
     if cfg.rule == "top_k":
-        mask = _top_k_mask(rewards, valid, cfg.k)
+        order, counts = group_topk(rewards, cfg.k, valid, backend=backend)
     elif cfg.rule == "best_of_n":
-        mask = _top_k_mask(rewards, valid, 1)
-    elif cfg.rule == "threshold":
-        mask = valid & (rewards >= cfg.threshold)
-    elif cfg.rule == "classic":
-        if generator is None:
-            raise ValueError("the classic rule draws random numbers: pass a generator")
-        mask = _classic_mask(rewards, valid, cfg, generator)
-    elif cfg.rule == "dedup":
-        if samples is None or samples.shape[0] != g * m:
-            raise ShapeError(f"the dedup rule needs samples with {g * m} rows")
-        mask = _dedup_mask(rewards, valid, cfg.k, cfg.dedup_eps, samples)
-    else:  # unreachable: the config's Literal type admits only the rules above
-        raise ValueError(f"unknown rule {cfg.rule!r}")
-    # Order accepted samples by group, then by reward rank (best first).
-    order = _ranked(rewards, valid)
-    ranked_mask = mask.gather(1, order)
-    rows, pos = ranked_mask.nonzero(as_tuple=True)
-    cols = order[rows, pos]
+        order, counts = group_topk(rewards, 1, valid, backend=backend)
+    else:
+        if cfg.rule == "threshold":
+            mask = threshold_mask(rewards, cfg.threshold, valid)
+        elif cfg.rule == "classic":
+            if generator is None:
+                raise ValueError("the classic rule draws random numbers: pass a generator")
+            mask = _classic_mask(rewards, valid, cfg, generator)
+        elif cfg.rule == "dedup":
+            if samples is None or samples.shape[0] != g * m:
+                raise ShapeError(f"the dedup rule needs samples with {g * m} rows")
+            mask = _dedup_mask(rewards, valid, cfg.k, cfg.dedup_eps, samples)
+        else:  # unreachable: the config's Literal type admits only the rules above
+            raise ValueError(f"unknown rule {cfg.rule!r}")
+        order, counts = group_topk(rewards, m, mask, backend=backend)  # accepted, best first
+    rows, pos = (order >= 0).nonzero(as_tuple=True)
     return Selection(
-        indices=rows * m + cols,
+        indices=rows * m + order[rows, pos],
         groups=rows,
         invalid=int((~valid).sum()),
-        accepted_per_group=mask.sum(1),
+        accepted_per_group=counts,
     )
