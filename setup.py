@@ -11,6 +11,9 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The extension is built on the machine that runs it (pip install -e .), so it may use that CPU's
+# vector units; set PGRAFT_PORTABLE=1 when building a binary for other machines.
+NATIVE = [] if os.environ.get("PGRAFT_PORTABLE") == "1" else ["-march=native"]
 
 INSTALL_REQUIRES = [
     "torch==2.13.0",
@@ -54,7 +57,7 @@ setup(
             "pgraft._C",
             ["bindings/module.cpp"],
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args=["-O3", "-std=c++17"],
+            extra_compile_args=["-O3", "-std=c++17", *NATIVE],
         )
     ],
     cmdclass={"build_ext": BuildExtension},

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "denoise_step.h"
+#include "gather.h"
 
 namespace {
 
@@ -69,6 +70,34 @@ void denoise_step(const at::Tensor& x, const at::Tensor& o, const c10::optional<
   });
 }
 
+// Gathers rows `indices` of every source into its destination, all tensors in one parallel region.
+void gather_rows(const at::Tensor& indices, const std::vector<at::Tensor>& srcs, const std::vector<at::Tensor>& dsts) {
+  TORCH_CHECK(srcs.size() == dsts.size(), "one destination per source");
+  TORCH_CHECK(indices.scalar_type() == at::kLong && indices.dim() == 1 && indices.is_contiguous(), "indices: int64 [A]");
+  const int64_t n = indices.numel();
+  const int64_t* idx = indices.data_ptr<int64_t>();
+  std::vector<int64_t> row_bytes;
+  for (size_t i = 0; i < srcs.size(); ++i) {
+    const auto& s = srcs[i];
+    const auto& d = dsts[i];
+    TORCH_CHECK(s.device().is_cpu() && s.is_contiguous() && d.is_contiguous() && s.dim() >= 1, "contiguous CPU rows");
+    TORCH_CHECK(d.dtype() == s.dtype() && d.size(0) == n && d.numel() == (s.size(0) ? s.numel() / s.size(0) : 0) * n,
+                "destination shape");
+    row_bytes.push_back(s.size(0) ? s.nbytes() / s.size(0) : 0);
+    for (int64_t r = 0; r < n; ++r) TORCH_CHECK(idx[r] >= 0 && idx[r] < s.size(0), "gather index out of range");
+  }
+  const int64_t per = std::max<int64_t>(1, n);
+  at::parallel_for(0, static_cast<int64_t>(srcs.size()) * per, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t task = lo; task < hi;) {  // a contiguous run of rows of one tensor per memcpy loop
+      const int64_t t = task / per, begin = task % per, end = std::min(per, begin + (hi - task));
+      if (row_bytes[t] && n)
+        pgraft::gather_rows_range(static_cast<const unsigned char*>(srcs[t].data_ptr()),
+                                  static_cast<unsigned char*>(dsts[t].data_ptr()), idx, row_bytes[t], begin, end);
+      task += end - begin;
+    }
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -76,4 +105,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("denoise_step", &denoise_step, "fused denoising step (CPU)", py::arg("x"), py::arg("o"), py::arg("u"),
         py::arg("z"), py::arg("step"), py::arg("table"), py::arg("guidance"), py::arg("clip"), py::arg("prev"),
         py::arg("x0"), py::arg("sumsq"));
+  m.def("gather_rows", &gather_rows, "gather rows of several CPU tensors", py::arg("indices"), py::arg("srcs"),
+        py::arg("dsts"));
 }

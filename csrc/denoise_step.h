@@ -32,18 +32,19 @@ struct StepArgs {
 
 // Processes elements [begin, end) of one row. The loop has no reduction, so the compiler
 // vectorises it (a floating-point reduction would need -ffast-math); Σz² is a separate pass.
-template <typename T, bool kGuided, bool kNoise, bool kClip, bool kWriteX0>
+template <typename T, bool kGuided, bool kNoise, bool kClip, bool kWriteX0, bool kInPlace>
 void step_range(const StepArgs<T>& a, int64_t begin, int64_t end) {
   const float a0 = a.coef[0], b0 = a.coef[1], c0 = a.coef[2], cx = a.coef[3], co = a.coef[4], sg = a.coef[5];
   const float w = a.guidance, clip = a.clip;
-  const T* __restrict__ xs = a.x;
+  // No two pointers alias, so the loop vectorises; in place, x is read through prev itself.
+  const T* __restrict__ xs = kInPlace ? nullptr : a.x;
   const T* __restrict__ os = a.o;
   const T* __restrict__ us = a.u;
   const T* __restrict__ zs = a.z;
-  T* prevs = a.prev;  // may alias xs, element by element only
+  T* __restrict__ prevs = a.prev;
   T* __restrict__ x0s = a.x0;
   for (int64_t i = begin; i < end; ++i) {
-    const float x = static_cast<float>(xs[i]);
+    const float x = static_cast<float>(kInPlace ? prevs[i] : xs[i]);
     float o = static_cast<float>(os[i]);
     if constexpr (kGuided) {
       const float u = static_cast<float>(us[i]);
@@ -75,11 +76,11 @@ double sum_squares(const T* z, int64_t begin, int64_t end) {
 }
 
 // Picks the specialisation for the flags at run time, once per range (not per element).
-template <typename T>
-void step_range_dispatch(const StepArgs<T>& a, int64_t begin, int64_t end) {
+template <typename T, bool kInPlace>
+void step_range_flags(const StepArgs<T>& a, int64_t begin, int64_t end) {
   const bool guided = a.u != nullptr, noise = a.z != nullptr, clip = std::isfinite(a.clip), x0 = a.x0 != nullptr;
 #define PGRAFT_CASE(G, N, C, X) \
-  if (guided == G && noise == N && clip == C && x0 == X) return step_range<T, G, N, C, X>(a, begin, end);
+  if (guided == G && noise == N && clip == C && x0 == X) return step_range<T, G, N, C, X, kInPlace>(a, begin, end);
   PGRAFT_CASE(true, true, true, true) PGRAFT_CASE(true, true, true, false)
   PGRAFT_CASE(true, true, false, true) PGRAFT_CASE(true, true, false, false)
   PGRAFT_CASE(true, false, true, true) PGRAFT_CASE(true, false, true, false)
@@ -87,9 +88,17 @@ void step_range_dispatch(const StepArgs<T>& a, int64_t begin, int64_t end) {
   PGRAFT_CASE(false, true, true, true) PGRAFT_CASE(false, true, true, false)
   PGRAFT_CASE(false, true, false, true) PGRAFT_CASE(false, true, false, false)
   PGRAFT_CASE(false, false, true, true) PGRAFT_CASE(false, false, true, false)
-  PGRAFT_CASE(false, false, false, true)
+  PGRAFT_CASE(false, false, false, true) PGRAFT_CASE(false, false, false, false)
 #undef PGRAFT_CASE
-  step_range<T, false, false, false, false>(a, begin, end);
+}
+
+template <typename T>
+void step_range_dispatch(const StepArgs<T>& a, int64_t begin, int64_t end) {
+  if (a.prev == a.x) {
+    step_range_flags<T, true>(a, begin, end);
+  } else {
+    step_range_flags<T, false>(a, begin, end);
+  }
 }
 
 }  // namespace pgraft

@@ -172,6 +172,11 @@ def test_out_of_place_leaves_inputs_untouched_and_skips_x0_when_asked(backend):
     x_before = x.clone()
     out = denoise_step(x, o, 2, sched, z, return_x0=False, backend=backend)
     assert out.pred_x0 is None and torch.equal(x, x_before)
+    dest = torch.full_like(x, float("nan"))
+    assert denoise_step(x, o, 2, sched, z, out=dest, backend=backend).prev_sample is dest
+    torch.testing.assert_close(dest, out.prev_sample)
+    with pytest.raises(ShapeError, match="cannot be combined"):
+        denoise_step(x, o, 2, sched, z, out=dest, inplace=True, backend=backend)
     inplace = denoise_step(x, o, 2, sched, z, inplace=True, backend=backend)
     assert inplace.prev_sample.data_ptr() == x.data_ptr()
     torch.testing.assert_close(x, out.prev_sample)

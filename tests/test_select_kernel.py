@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from pgraft.errors import ShapeError
+from pgraft.kernels import _backend
 from pgraft.kernels.select import best_of_n, gather_rows, group_topk, threshold_mask
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", "triton"] + (["cpp"] if _backend.HAVE_CPP else [])
 
 
 def _expected_topk(rewards, k):
@@ -83,6 +84,9 @@ def test_gather_rows_of_several_tensors(backend, dtype):
     out_a, out_b = gather_rows(idx, a, b, backend=backend)
     assert torch.equal(out_a, a[idx]) and torch.equal(out_b, b[idx]) and out_a.is_contiguous()
     assert gather_rows(idx[:0], a, backend=backend)[0].shape == (0, 2, 3, 5)
+    dest = [torch.full((5, 2, 3, 5), -9).to(dtype), torch.full((5,), -9, dtype=torch.int64)]  # poisoned
+    got = gather_rows(idx, a, b, out=dest, backend=backend)
+    assert got[0] is dest[0] and torch.equal(dest[0], a[idx]) and torch.equal(dest[1], b[idx])
 
 
 def test_bad_inputs_raise_named_errors():
@@ -96,7 +100,13 @@ def test_bad_inputs_raise_named_errors():
         group_topk(torch.zeros(2, 4, dtype=torch.int64), 1)
     with pytest.raises(ShapeError, match="valid must be a bool tensor"):
         group_topk(torch.zeros(2, 4), 1, torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ShapeError, match="leading row dimension"):
+        gather_rows(torch.tensor([0]), torch.tensor(1.0))
     with pytest.raises(ShapeError, match=r"gather indices must lie in \[0, 3\)"):
         gather_rows(torch.tensor([3]), torch.zeros(3, 2))
+    with pytest.raises(ShapeError, match="out has 2 tensors for 1 sources"):
+        gather_rows(torch.tensor([0]), torch.zeros(3, 2), out=[torch.zeros(1, 2), torch.zeros(1, 2)])
+    with pytest.raises(ShapeError, match="must be contiguous"):
+        gather_rows(torch.tensor([0]), torch.zeros(3, 2), out=[torch.zeros(2, 2)])
     with pytest.raises(ShapeError, match="1-D int64"):
         gather_rows(torch.tensor([0.0]), torch.zeros(3, 2))

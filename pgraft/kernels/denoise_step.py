@@ -50,14 +50,18 @@ def denoise_step(
     return_x0: bool = True,
     return_log_prob: bool = False,
     inplace: bool = False,
+    out: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> StepOutput:
     """Advance ``sample`` (x at sampler step ``step``, an int or a LongTensor [B]) by one step.
 
     ``noise`` is required when the schedule is stochastic. ``inplace`` writes x_prev into
-    ``sample``. ``backend``: see pgraft.kernels._backend.
+    ``sample``; ``out`` (contiguous, like ``sample``) receives it instead of a new tensor.
+    ``backend``: see pgraft.kernels._backend.
     """
-    _check(sample, model_output, uncond_output, noise)
+    _check(sample, model_output, uncond_output, noise, out)
+    if out is not None and (inplace or not out.is_contiguous()):
+        raise ShapeError("out must be contiguous, and cannot be combined with inplace=True")
     if noise is None and schedule.stochastic:
         raise ShapeError(f"the {schedule.kind} schedule is stochastic: pass a noise tensor")
     if return_log_prob and noise is None:
@@ -68,7 +72,7 @@ def denoise_step(
     clip = schedule.clip_sample_range
     impl = _backend.resolve(backend, sample.device)
     x = sample.contiguous()
-    prev = x if inplace else torch.empty_like(x)
+    prev = x if inplace else (out if out is not None else torch.empty_like(x))
     x0 = torch.empty_like(x) if return_x0 else None
     args = (x, model_output.contiguous(), _contig(uncond_output), _contig(noise), steps, table, guidance_scale, clip)
     if impl == "triton":
@@ -194,7 +198,7 @@ def _check(sample, *others):
         raise ShapeError(f"sample dtype {sample.dtype} is not one of {STORAGE}")
     if sample.ndim < 2:
         raise ShapeError(f"sample must be [B, ...], got shape {tuple(sample.shape)}")
-    names = ("model_output", "uncond_output", "noise")
+    names = ("model_output", "uncond_output", "noise", "out")
     for name, t in zip(names, others):
         if t is None:
             continue

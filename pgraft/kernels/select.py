@@ -7,7 +7,9 @@ taken in descending order, ties broken toward the lowest index; a group with few
 rewards returns what it has, padded with -1.
 
 Triad: the Triton kernels (one program per group: K rounds of max / lowest-index arg-max; one
-program per row block for the gather), the torch reference (a stable sort), one dispatcher.
+program per row block for the gather), the torch reference (a stable sort, index_select), one
+dispatcher; on the CPU the gather runs in the compiled extension (one memcpy per row, all tensors
+in one parallel region).
 """
 
 from __future__ import annotations
@@ -47,19 +49,46 @@ def threshold_mask(rewards: torch.Tensor, tau: float, valid: torch.Tensor | None
     return valid & (rewards >= tau)
 
 
-def gather_rows(indices: torch.Tensor, *tensors: torch.Tensor, backend: str = "auto") -> list[torch.Tensor]:
-    """Rows ``indices`` (flat, into G·M) of each tensor, as new contiguous tensors."""
+def gather_rows(
+    indices: torch.Tensor, *tensors: torch.Tensor, out: list[torch.Tensor] | None = None, backend: str = "auto"
+) -> list[torch.Tensor]:
+    """Rows ``indices`` (flat, into G·M) of each tensor, as contiguous tensors.
+
+    ``out`` gives one preallocated contiguous destination per tensor (a buffer's arena, say).
+    On the CPU the compiled extension copies the rows of all tensors in one parallel region.
+    """
+    if out is not None:
+        if len(out) != len(tensors):
+            raise ShapeError(f"out has {len(out)} tensors for {len(tensors)} sources")
+        for o, t in zip(out, tensors):
+            want = (indices.numel(), *t.shape[1:])
+            if tuple(o.shape) != want or o.dtype != t.dtype or o.device != t.device or not o.is_contiguous():
+                raise ShapeError(f"out tensor {tuple(o.shape)} {o.dtype} must be contiguous {want} {t.dtype}")
     if indices.dtype != torch.int64 or indices.ndim != 1:
         raise ShapeError(f"indices must be a 1-D int64 tensor, got {indices.dtype} of shape {tuple(indices.shape)}")
-    outs = []
     for t in tensors:
         if t.device != indices.device:
             raise ShapeError(f"a tensor is on {t.device}, the indices on {indices.device}")
+        if t.ndim == 0:
+            raise ShapeError("gather_rows needs tensors with a leading row dimension")
         n = t.shape[0]
         if indices.numel() and t.device.type == "cpu" and (int(indices.min()) < 0 or int(indices.max()) >= n):
             raise ShapeError(f"gather indices must lie in [0, {n})")
-        impl = _backend.resolve("torch" if backend == "cpp" else backend, t.device)
-        outs.append(_gather_triton(t, indices) if impl == "triton" else t.index_select(0, indices))
+    impl = _backend.resolve(backend, indices.device)
+    srcs = [t.contiguous() for t in tensors]
+    outs = (
+        out
+        if out is not None
+        else [torch.empty((indices.numel(), *t.shape[1:]), dtype=t.dtype, device=t.device) for t in srcs]
+    )
+    if impl == "cpp":
+        _backend._C.gather_rows(indices.contiguous(), srcs, outs)
+    elif impl == "triton":
+        for t, o in zip(srcs, outs):
+            _gather_triton(t, indices, o)
+    else:
+        for t, o in zip(srcs, outs):
+            torch.index_select(t, 0, indices, out=o)
     return outs
 
 
@@ -109,9 +138,7 @@ def _gather_kernel(src_ptr, idx_ptr, dst_ptr, row_len, BLOCK: tl.constexpr):
     tl.store(dst_ptr + row.to(tl.int64) * row_len + offs, vals, mask=mask)
 
 
-def _gather_triton(t, indices):
-    t = t.contiguous()
-    out = torch.empty((indices.numel(), *t.shape[1:]), dtype=t.dtype, device=t.device)
+def _gather_triton(t, indices, out):
     row_len = t[0].numel() if t.shape[0] else 0
     if indices.numel() and row_len:
         block = min(4096, triton.next_power_of_2(row_len))

@@ -1,0 +1,152 @@
+"""Shared bench plumbing: device naming, timing, copy bandwidth, GPU telemetry, CSV/JSON/plot output.
+
+Performance is quoted as ratios measured side by side in one run; absolute numbers on shared
+machines are noisy. Each bench writes benches/results/<device>/<name>.{csv,json,png}.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        raw = torch.cuda.get_device_name(device)
+    else:
+        raw = _cpu_model() + f"-{os.cpu_count()}cpu"
+    return re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, *, min_reps: int = 7, budget_s: float = 2.0
+) -> dict[str, float]:
+    """Median wall time (ms) of each function, calling them in turn round after round.
+
+    Interleaving gives every implementation (and the copy it is compared with) the same cache and
+    machine-load conditions; back-to-back repetitions would let a small copy run from a hot cache.
+    """
+    for fn in fns.values():  # warm-up (and first-call compilation)
+        fn()
+    sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    while min(map(len, times.values())) < min_reps or (
+        time.perf_counter() - start < budget_s and len(times[next(iter(times))]) < 200
+    ):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def copy_fn(traffic_bytes: int, device: torch.device) -> Callable[[], object]:
+    """A plain copy whose read + write traffic equals ``traffic_bytes`` (float32 elements)."""
+    n = max(1, traffic_bytes // 8)
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    return lambda: dst.copy_(src)
+
+
+def telemetry() -> dict:
+    """GPU memory and utilisation from nvidia-ml-py, or why there is none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound where there is no GPU (STACK.md)
+        return {"telemetry": "no GPU telemetry", "reason": type(exc).__name__}
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        return {
+            "telemetry": "nvml",
+            "gpu_name": pynvml.nvmlDeviceGetName(handle),
+            "memory_used_mib": mem.used / 2**20,
+            "memory_total_mib": mem.total / 2**20,
+            "gpu_util_percent": util.gpu,
+            "memory_util_percent": util.memory,
+        }
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for r in rows:
+        print("  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(columns, widths)))
+
+
+def write_results(name: str, device: torch.device, rows: list[dict], meta: dict) -> Path:
+    out = ROOT / "results" / device_name(device)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0].keys())
+    with open(out / f"{name}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    info = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "threads": torch.get_num_threads(),
+        **telemetry(),
+        **meta,
+    }
+    (out / f"{name}.json").write_text(json.dumps({"meta": info, "rows": rows}, indent=2) + "\n")
+    return out
+
+
+def plot(rows: list[dict], x: str, y: str, series: str, title: str, path: Path, logy: bool = True) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(r[series] for r in rows):
+        pts = sorted((r[x], r[y]) for r in rows if r[series] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
