@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: install demo sweep test
 
-$(VENV)/.installed: setup.py pyproject.toml
+$(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*) $(wildcard bindings/*)
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation -e '.[test]'
