@@ -55,7 +55,7 @@ setup(
     ext_modules=[
         CppExtension(
             "pgraft._C",
-            ["bindings/module.cpp"],
+            ["bindings/module.cpp", "bindings/buffer.cpp", "csrc/trajectory_buffer.cpp"],
             include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args=["-O3", "-std=c++17", *NATIVE],
         )

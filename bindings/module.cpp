@@ -100,8 +100,11 @@ void gather_rows(const at::Tensor& indices, const std::vector<at::Tensor>& srcs,
 
 }  // namespace
 
+void register_buffer(py::module& m);  // bindings/buffer.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pgraft's compiled core";
+  register_buffer(m);
   m.def("denoise_step", &denoise_step, "fused denoising step (CPU)", py::arg("x"), py::arg("o"), py::arg("u"),
         py::arg("z"), py::arg("step"), py::arg("table"), py::arg("guidance"), py::arg("clip"), py::arg("prev"),
         py::arg("x0"), py::arg("sumsq"));

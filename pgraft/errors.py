@@ -19,3 +19,7 @@ class CheckpointError(PgraftError, OSError):
 
 class ShapeError(PgraftError, ValueError):
     """A tensor argument has the wrong shape, dtype or device."""
+
+
+class BufferError(PgraftError, ValueError):
+    """A trajectory-buffer operation was given bad input (unknown field, full buffer, ...)."""

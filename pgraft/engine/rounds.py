@@ -57,13 +57,12 @@ class PGraftRun:
 
 def training_data(buffer: TrajectoryBuffer, cfg: PGraftConfig, schedule: Schedule) -> TrainingData:
     """What the accepted rows teach, and at which noise levels (METHOD.md §2)."""
-    cond = buffer.field("cond")
     if cfg.n_i == 0:  # GRAFT: ordinary DSM on accepted x_0 at every timestep
-        return TrainingData(buffer.field("x0"), cond)
+        return TrainingData(buffer=buffer, field="x0")
     s = schedule.state_timestep(cfg.n_i)
     if cfg.train.loss == "dsm_from_xni":
-        return TrainingData(buffer.field("x_ni"), cond, level=s, t_min=s + 1)
-    return TrainingData(buffer.field("x0"), cond, level=-1, t_min=s + 1)
+        return TrainingData(buffer=buffer, field="x_ni", level=s, t_min=s + 1)
+    return TrainingData(buffer=buffer, field="x0", level=-1, t_min=s + 1)
 
 
 def run_pgraft(
@@ -88,7 +87,14 @@ def run_pgraft(
     base_view = AdapterOff(model, base.prediction_type) if cfg.train.mode == "lora" else base
     policy = Composed(model, base_view, cfg.n_i)
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed)
-    buffer = TrajectoryBuffer(keep_rounds)
+    if keep_rounds < 1:
+        raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
+    # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped.
+    buffer = TrajectoryBuffer(
+        {"x_ni": (sample_shape, torch.float32), "x0": (sample_shape, torch.float32), "cond": ((), torch.int64)},
+        capacity=keep_rounds * num_conditions * cfg.samples_per_condition,
+        full_policy="evict_oldest_round",
+    )
     run = PGraftRun(policy, model, schedule, cfg.n_i)
     conds = torch.arange(num_conditions).repeat_interleave(cfg.samples_per_condition)
     for k in tqdm(range(cfg.rounds), desc=f"{name} rounds", disable=not progress):
@@ -120,9 +126,10 @@ def run_pgraft(
         idx = sel.indices
         if sel.invalid:
             log.warning("%s round %d: %d non-finite rewards excluded", name, k, sel.invalid)
-        x_ni, x0 = gather_rows(idx.to(traj.x0.device), traj.x_ni, traj.x0)
+        x_ni, x0 = gather_rows(idx.to(traj.x0.device), traj.x_ni.float(), traj.x0.float())
         cond, reward = gather_rows(idx, conds, rewards)
-        buffer.add(k, x_ni=x_ni, x0=x0, cond=cond, reward=reward)
+        buffer.compact(buffer.meta()["round"] > k - keep_rounds)  # keep the last keep_rounds - 1 rounds
+        buffer.append(group=cond, reward=reward, round=k, x_ni=x_ni, x0=x0, cond=cond)
         if len(buffer):
             losses = trainer.train(
                 training_data(buffer, cfg, schedule),

@@ -15,11 +15,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..buffer import TrajectoryBuffer
 from ..config import TrainConfig
 from ..errors import ShapeError
 from .distributed import ensure_distributed
@@ -29,12 +31,34 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What the loss regresses on: states at ``level`` and their conditions, for t >= ``t_min``."""
+    """What the loss regresses on: states at ``level`` and their conditions, for t >= ``t_min``.
 
-    x: torch.Tensor
-    cond: torch.Tensor
+    Either tensors ``x`` and ``cond`` (minibatches drawn with replacement: pretraining on a data
+    set), or a trajectory ``buffer`` whose field ``field`` holds the states and ``cond`` the
+    conditions (epochs of the buffer's seeded shuffled minibatches: the engine's rounds).
+    """
+
+    x: torch.Tensor | None = None
+    cond: torch.Tensor | None = None
     level: int = -1  # training timestep s of x; -1 for clean x_0 (ᾱ_s = 1)
     t_min: int = 0  # smallest training timestep drawn; > level
+    buffer: TrajectoryBuffer | None = None
+    field: str = "x0"
+
+    def __len__(self) -> int:
+        return len(self.buffer) if self.buffer is not None else int(self.x.shape[0])
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """An endless stream of (x, cond) minibatches; every draw comes from ``generator``."""
+        if self.buffer is None:
+            while True:
+                idx = torch.randint(0, len(self), (batch_size,), generator=generator)
+                yield self.x[idx], self.cond[idx]
+        drop_last = len(self.buffer) >= batch_size  # fixed-size batches whenever the buffer allows
+        while True:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            for mb in self.buffer.minibatches(batch_size, seed, drop_last=drop_last):
+                yield mb[self.field], mb["cond"]
 
 
 def eps_from_output(out, x_t, alpha_t, prediction_type: str):
@@ -120,24 +144,23 @@ class DenoisingTrainer:
         self.steps_done = 0
 
     def train(self, data: TrainingData, steps: int, *, progress: bool = True, desc: str = "train") -> list[float]:
-        """Run ``steps`` optimizer steps on minibatches drawn with replacement from ``data``."""
-        n = data.x.shape[0]
-        if n == 0:
+        """Run ``steps`` optimizer steps on minibatches of ``data``."""
+        if len(data) == 0:
             raise ShapeError("no training data: selection accepted nothing this round")
+        batches = data.batches(self.cfg.batch_size, self.generator)
         self.engine.train()
         losses = []
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
         for _ in bar:
             step_loss = 0.0
             for _ in range(self.cfg.grad_accum):
-                idx = torch.randint(0, n, (self.cfg.batch_size,), generator=self.generator)
-                cond = data.cond[idx]
+                x, cond = next(batches)
                 if self.cfg.cond_dropout > 0 and self.null_label is not None:
                     drop = torch.rand(cond.shape, generator=self.generator) < self.cfg.cond_dropout
                     cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
                 loss = dsm_loss(
                     self.engine,
-                    data.x[idx],
+                    x,
                     cond,
                     data.level,
                     self.alphas_cumprod,
