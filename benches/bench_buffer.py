@@ -19,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import device_name, print_table, telemetry, time_interleaved, write_results  # noqa: E402
+from common import report, time_interleaved  # noqa: E402
 
 from pgraft.buffer import TrajectoryBuffer  # noqa: E402
 
@@ -65,8 +65,8 @@ def main() -> None:
         py_list = list(data.unbind(0))  # what people do today: a list of per-row tensors
         idx = torch.randperm(capacity, generator=g)[:BATCH]
         out = {"x": torch.empty((BATCH, *shape), dtype=dtype)}
-        block_src = data[:BATCH].clone()  # memcpy baseline on a block of the batch's size
-        block_dst = torch.empty_like(block_src)
+        start = (capacity - BATCH) // 2  # memcpy baseline: a block of the batch's size, from the buffer's memory
+        block_dst = torch.empty((BATCH, *shape), dtype=dtype)
         small = TrajectoryBuffer({"x": (shape, dtype)}, BATCH, "refuse")
         append_src = data[capacity - BATCH :].contiguous()
 
@@ -80,7 +80,7 @@ def main() -> None:
             {
                 "gather_buffer": lambda: buf.gather(idx, out=out, threads=2),
                 "gather_python": lambda: torch.stack([py_list[i] for i in idx.tolist()]),
-                "memcpy_batch": single_thread(lambda: block_dst.copy_(data[idx[0] : idx[0] + BATCH])),
+                "memcpy_batch": single_thread(lambda: block_dst.copy_(data[start : start + BATCH])),
                 "append_buffer": append_once,
                 "memcpy_big": single_thread(lambda: big_dst.copy_(big_src)),
             },
@@ -110,9 +110,7 @@ def main() -> None:
         })  # fmt: skip
     cols = ["rows", "gather_gbps", "gather_python_gbps", "memcpy_gbps", "append_gbps", "save_gbps", "load_gbps",
             "gather_speedup_vs_python", "gather_frac_memcpy", "append_frac_memcpy"]  # fmt: skip
-    print(f"device: {device_name(cpu)}  ({telemetry()['telemetry']})")
-    print_table(rows_out, cols)
-    write_results("buffer", cpu, rows_out, {"quick": args.quick, "batch": BATCH, "buffer_bytes": BUFFER_BYTES})
+    report("buffer", cpu, rows_out, cols, {"quick": args.quick, "batch": BATCH, "buffer_bytes": BUFFER_BYTES})
     r = rows_out[0]
     print(
         f"gather speedup vs python: {r['gather_speedup_vs_python']:.2f}x, gather {r['gather_frac_memcpy']:.0%} of "

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import copy_fn, device_name, plot, print_table, telemetry, time_interleaved, write_results  # noqa: E402
+from common import copy_fn, plot, report, time_interleaved  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
 from pgraft.kernels import _backend  # noqa: E402
@@ -104,9 +104,7 @@ def main() -> None:
                 "copy_gbps": copy_bw, "speedup_vs_diffusers": base_ms / ms,
             })  # fmt: skip
     cols = ["impl", "batch", "shape", "cfg", "time_ms", "gbps", "frac_copy_bw", "speedup_vs_diffusers"]
-    print(f"device: {device_name(device)}  ({telemetry()['telemetry']})  dispatched: {dispatched}")
-    print_table(rows, cols)
-    out = write_results("denoise_step", device, rows, {"quick": args.quick, "dispatched": dispatched})
+    out = report("denoise_step", device, rows, cols, {"quick": args.quick, "dispatched": dispatched})
     if not args.quick:
         for cfg in (True, False):
             sel = [r for r in rows if r["cfg"] == cfg and r["shape"] == "4x64x64"]

@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import copy_fn, device_name, plot, print_table, telemetry, time_interleaved, write_results  # noqa: E402
+from common import copy_fn, plot, report, time_interleaved  # noqa: E402
 
 from pgraft.kernels import _backend  # noqa: E402
 from pgraft.kernels.select import gather_rows, group_topk, group_topk_reference  # noqa: E402
@@ -101,9 +101,7 @@ def main() -> None:
                 "speedup_vs_python_loop": timed["python_loop"] / ms,
             })  # fmt: skip
     cols = ["impl", "groups", "m", "k", "time_ms", "gbps", "frac_copy_bw", "speedup_vs_python_loop"]
-    print(f"device: {device_name(device)}  ({telemetry()['telemetry']})  dispatched: {dispatched}")
-    print_table(rows_out, cols)
-    out = write_results("select", device, rows_out, {"quick": args.quick, "dispatched": dispatched})
+    out = report("select", device, rows_out, cols, {"quick": args.quick, "dispatched": dispatched})
     if not args.quick:
         sel = [r for r in rows_out if r["k"] == 4 and r["groups"] == 64]
         plot(sel, "m", "time_ms", "impl", "top-4 per group + gather, 64 groups, 4x64x64 rows", out / "select.png")

@@ -150,3 +150,11 @@ def plot(rows: list[dict], x: str, y: str, series: str, title: str, path: Path, 
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def report(name: str, device: torch.device, rows: list[dict], columns: list[str], meta: dict) -> Path:
+    """Print the device line and the table, then write the CSV/JSON; returns the results folder."""
+    extra = f"  dispatched: {meta['dispatched']}" if "dispatched" in meta else ""
+    print(f"device: {device_name(device)}  ({telemetry()['telemetry']}){extra}")
+    print_table(rows, columns)
+    return write_results(name, device, rows, meta)
