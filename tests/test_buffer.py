@@ -70,7 +70,14 @@ def _same(a, b):
 rewards = st.one_of(st.floats(-2, 2, width=32), st.just(float("nan")), st.just(float("inf")))
 
 
-@settings(max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    stateful_step_count=25,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 class BufferMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
