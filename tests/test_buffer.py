@@ -264,7 +264,7 @@ def test_round_trip_and_read_only_map(tmp_path):
         (lambda blob: blob[:24] + (99).to_bytes(8, "little") + blob[32:], r"corrupt header \(capacity, size"),
         (lambda blob: _flip(blob, -103), "checksum mismatch in field .c."),  # inside field c, before the trailer
         (lambda blob: _flip(blob, 130), "checksum mismatch in the row metadata"),  # inside the group ids
-        (lambda blob: blob[:-8] + b"XXXXXXXX", "corrupt trailer"),
+        (lambda blob: blob[:-8] + b"\xff" * 8, "corrupt trailer"),
         (lambda blob: b"", "empty file"),
     ],
 )

@@ -80,6 +80,8 @@ def run_pgraft(
     name: str = "pgraft",
 ) -> PGraftRun:
     """Run ``cfg.rounds`` rounds of P-GRAFT at ``cfg.n_i`` and return the composed policy."""
+    if keep_rounds < 1:
+        raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
     t_start = time.time()
     s_cfg = cfg.sampler
     schedule = Schedule.from_scheduler_config(base.scheduler_config, s_cfg.steps, s_cfg.kind, s_cfg.eta)
@@ -87,13 +89,12 @@ def run_pgraft(
     base_view = AdapterOff(model, base.prediction_type) if cfg.train.mode == "lora" else base
     policy = Composed(model, base_view, cfg.n_i)
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed)
-    if keep_rounds < 1:
-        raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
-    # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped.
+    # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
+    # before each append, so a full buffer would be a bug: refuse rather than evict silently.
     buffer = TrajectoryBuffer(
         {"x_ni": (sample_shape, torch.float32), "x0": (sample_shape, torch.float32), "cond": ((), torch.int64)},
         capacity=keep_rounds * num_conditions * cfg.samples_per_condition,
-        full_policy="evict_oldest_round",
+        full_policy="refuse",
     )
     run = PGraftRun(policy, model, schedule, cfg.n_i)
     conds = torch.arange(num_conditions).repeat_interleave(cfg.samples_per_condition)
@@ -126,7 +127,7 @@ def run_pgraft(
         idx = sel.indices
         if sel.invalid:
             log.warning("%s round %d: %d non-finite rewards excluded", name, k, sel.invalid)
-        x_ni, x0 = gather_rows(idx.to(traj.x0.device), traj.x_ni.float(), traj.x0.float())
+        x_ni, x0 = gather_rows(idx.to(traj.x0.device), traj.x_ni, traj.x0)
         cond, reward = gather_rows(idx, conds, rewards)
         buffer.compact(buffer.meta()["round"] > k - keep_rounds)  # keep the last keep_rounds - 1 rounds
         buffer.append(group=cond, reward=reward, round=k, x_ni=x_ni, x0=x0, cond=cond)
