@@ -37,6 +37,7 @@ _EXPORTS = {
     "JudgeReward": "rewards.judge",
     "select": "engine.select",
     "TrajectoryBuffer": "buffer",
+    "global_select": "buffer",
     "DenoisingTrainer": "engine.train",
     "TrainingData": "engine.train",
     "dsm_loss": "engine.train",
