@@ -68,8 +68,7 @@ struct Buffer : std::enable_shared_from_this<Buffer> {
     for (size_t i = 0; i < names.size(); ++i) fields.push_back({names[i], to_dtype(dtypes[i]), shapes[i]});
     auto b = std::make_shared<Buffer>();
     std::vector<unsigned char*> ptrs;
-    pgraft::TrajectoryBuffer probe(fields, 1, pgraft::FullPolicy::kRefuse,
-                                   std::vector<unsigned char*>(fields.size(), nullptr));  // validates the schema
+    pgraft::validate_fields(fields);  // before any arena is allocated
     b->arenas = make_arenas(fields, capacity, pin, ptrs);
     b->core = std::make_unique<pgraft::TrajectoryBuffer>(
         fields, capacity, policy == "refuse" ? pgraft::FullPolicy::kRefuse : pgraft::FullPolicy::kEvictOldestRound,
@@ -183,7 +182,13 @@ void register_buffer(py::module& m) {
       .def("select_top_k", [](Buffer& b, int64_t k) { return b.core->select_top_k(k); })
       .def("select_threshold", [](Buffer& b, float tau) { return b.core->select_threshold(tau); })
       .def("compact",
-           [](Buffer& b, const std::vector<uint8_t>& keep) { return b.core->compact(keep); })
+           [](Buffer& b, const at::Tensor& keep) {
+             TORCH_CHECK(keep.scalar_type() == at::kBool && keep.dim() == 1 && keep.device().is_cpu(),
+                         "keep: bool CPU [size]");
+             const at::Tensor k = keep.contiguous();
+             const auto* p = reinterpret_cast<const uint8_t*>(k.data_ptr<bool>());
+             return b.core->compact(std::vector<uint8_t>(p, p + k.numel()));
+           })
       .def("permutation",
            [](Buffer& b, uint64_t seed) {
              auto p = b.core->permutation(seed);

@@ -122,6 +122,8 @@ uint64_t meta_checksum(const int64_t* g, const float* r, const int32_t* rd, cons
          (checksum(reinterpret_cast<const unsigned char*>(rk), 4 * size) * 7);
 }
 
+}  // namespace
+
 void validate_fields(const std::vector<FieldSpec>& fields) {
   if (fields.empty()) throw BufferError("a buffer needs at least one field");
   for (size_t i = 0; i < fields.size(); ++i) {
@@ -138,6 +140,8 @@ void validate_fields(const std::vector<FieldSpec>& fields) {
     }
   }
 }
+
+namespace {
 
 // Parses and validates a header; fills fields/capacity/size/policy and returns the header length.
 int64_t parse_header(const unsigned char* p, int64_t n, const std::string& path, std::vector<FieldSpec>& fields,

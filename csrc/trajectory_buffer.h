@@ -19,6 +19,7 @@ enum class FullPolicy : uint8_t { kEvictOldestRound = 0, kRefuse = 1 };
 
 int64_t dtype_size(DType d);
 
+
 struct FieldSpec {
   std::string name;
   DType dtype;
@@ -30,6 +31,9 @@ struct FieldSpec {
 struct BufferError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Throws BufferError naming the problem: no fields, bad or duplicate names, dtypes, dimensions.
+void validate_fields(const std::vector<FieldSpec>& fields);
 
 struct Mapping;  // a read-only memory-mapped file (defined in the .cpp)
 

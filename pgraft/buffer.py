@@ -156,7 +156,7 @@ class TrajectoryBuffer:
         """Keep the rows where ``keep`` (bool [len]) is true, in their order."""
         if keep.dtype != torch.bool or tuple(keep.shape) != (len(self),):
             raise BufferError(f"keep must be a bool tensor of shape ({len(self)},)")
-        return _call(self._c.compact, keep.to(torch.uint8).tolist())
+        return _call(self._c.compact, keep.cpu())
 
     def save(self, path: str | Path) -> Path:
         """Write the buffer to ``path`` atomically (a temporary file, then a rename)."""

@@ -246,3 +246,11 @@ def test_state_indexing_follows_method_notation():
     assert sched.state_alpha(0) == 1.0
     with pytest.raises(ValueError):
         sched.state_timestep(0)
+
+
+def test_integer_step_out_of_range_is_caught_before_any_kernel_runs():
+    sched = Schedule.from_scheduler_config(DDPM_CFG, 10, "ddim", 1.0)
+    x = torch.randn(2, 1, 4, 4)
+    for bad in (-1, 10):
+        with pytest.raises(ShapeError, match=rf"must lie in \[0, 10\), got {bad}"):
+            denoise_step(x, x, bad, sched, x, backend="triton")

@@ -183,6 +183,8 @@ def _log_prob(sumsq, table, steps, row_len):
 
 
 def _step_tensor(step, b: int, num_steps: int, device) -> torch.Tensor:
+    if isinstance(step, int) and not 0 <= step < num_steps:  # checked on the host, whatever the device
+        raise ShapeError(f"step indices must lie in [0, {num_steps}), got {step}")
     idx = torch.as_tensor(step, dtype=torch.int64, device=device).reshape(-1)
     if idx.numel() == 1:
         idx = idx.expand(b)
