@@ -18,6 +18,7 @@ from typing import Iterator, Mapping
 import torch
 
 from . import _C
+from .engine.distributed import all_gather_rows, shard_slice
 from .errors import BufferError, CheckpointError
 
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int64: "int64"}
@@ -180,26 +181,39 @@ class TrajectoryBuffer:
         return out
 
     def minibatches(
-        self, batch_size: int, seed: int, *, drop_last: bool = False, threads: int = 2
+        self,
+        batch_size: int,
+        seed: int,
+        *,
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+        start: int = 0,
+        threads: int = 2,
     ) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of seeded, shuffled minibatches, gathered into one preallocated batch.
 
-        The yielded tensors are views of that batch (pinned when CUDA is present): use or copy
-        them before asking for the next one.
+        With ``shard=(rank, world)`` each global batch of ``batch_size`` rows is split across the
+        ranks (:func:`~pgraft.engine.distributed.shard_slice`) and only this rank's rows are
+        gathered: data-parallel training over one replicated buffer. ``start`` skips the epoch's
+        first batches (resuming mid-epoch). The yielded tensors are views of the batch (pinned
+        when CUDA is present): use or copy them before asking for the next one.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BufferError(f"batch_size must be a positive int, got {batch_size!r}")
+        r, w = shard
+        if not (isinstance(w, int) and isinstance(r, int) and 0 <= r < w):
+            raise BufferError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
         perm = self._c.permutation(int(seed) & (2**64 - 1))
         schema = self.schema
         pin = _pin()
-        batch = {
-            name: torch.empty((batch_size, *shape), dtype=dt, pin_memory=pin) for name, (shape, dt) in schema.items()
-        }
+        rows = -(-batch_size // w)
+        batch = {name: torch.empty((rows, *shape), dtype=dt, pin_memory=pin) for name, (shape, dt) in schema.items()}
         stop = len(perm) - (len(perm) % batch_size if drop_last else 0)
-        for start in range(0, stop, batch_size):
-            idx = perm[start : start + batch_size]
-            _call(self._c.gather, idx, [batch[name] for name in schema], max(1, int(threads)))
-            yield {name: t[: idx.numel()] for name, t in batch.items()}
+        for first in range(start * batch_size, stop, batch_size):
+            idx = perm[first : first + batch_size]
+            lo, hi = shard_slice(idx.numel(), r, w)
+            _call(self._c.gather, idx[lo:hi], [batch[name] for name in schema], max(1, int(threads)))
+            yield {name: t[: hi - lo] for name, t in batch.items()}
 
     def _require_field(self, name: str) -> None:
         if name not in self.schema:
@@ -238,23 +252,12 @@ def global_select(buffer: TrajectoryBuffer, rule: str, *, k: int | None = None, 
     k = 1 if rule == "best_of_n" else k
     if not isinstance(k, int) or k < 1:
         raise BufferError(f"rule={rule!r} needs an int k >= 1, got {k!r}")
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     meta = buffer.meta()
-    n = torch.tensor([len(buffer)], device=device)
-    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    width = max(max(sizes), 1)
-    mine = torch.zeros(2, width, dtype=torch.float64, device=device)
-    mine[0, : len(buffer)] = meta["group"].to(device, torch.float64)  # group ids up to 2^53 are exact
-    mine[1, : len(buffer)] = meta["reward"].to(device, torch.float64)
-    everyone = [torch.empty_like(mine) for _ in sizes]
-    dist.all_gather(everyone, mine)
-    groups = torch.cat([t[0, :s] for t, s in zip(everyone, sizes)]).cpu()
-    rewards = torch.cat([t[1, :s] for t, s in zip(everyone, sizes)]).cpu()
+    groups = all_gather_rows(meta["group"])
+    rewards = all_gather_rows(meta["reward"])
+    owner = all_gather_rows(torch.full((len(buffer),), dist.get_rank(), dtype=torch.int64))
     keep = _top_k_keep(groups, rewards, k)
-    start = sum(sizes[: dist.get_rank()])
-    return buffer.compact(keep[start : start + len(buffer)])
+    return buffer.compact(keep[owner == dist.get_rank()])
 
 
 def _top_k_keep(groups: torch.Tensor, rewards: torch.Tensor, k: int) -> torch.Tensor:

@@ -104,7 +104,9 @@ class TrainConfig(_Strict):
     steps_per_round: int = Field(300, ge=1)
     grad_accum: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, ge=0)
-    zero_stage: int = Field(0, ge=0, le=3)
+    zero_stage: int = Field(0, ge=0, le=3)  # DeepSpeed ZeRO stage of the trainable network
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU
+    warmup_steps: int = Field(0, ge=0)  # linear LR warm-up (DeepSpeed WarmupLR); 0: constant LR
     cond_dropout: float = Field(0.0, ge=0, lt=1)
 
 

@@ -23,3 +23,7 @@ class ShapeError(PgraftError, ValueError):
 
 class BufferError(PgraftError, ValueError):
     """A trajectory-buffer operation was given bad input (unknown field, full buffer, ...)."""
+
+
+class DistributedError(PgraftError):
+    """A peer rank died or hung, or the ranks disagree about the run."""

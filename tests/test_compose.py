@@ -9,6 +9,7 @@ from pgraft.engine.compose import AdapterOff, Composed, Single
 from pgraft.engine.rollout import rollout, run_chain
 from pgraft.engine.train import make_trainable
 from pgraft.models.schedule import Schedule
+from pgraft.seeding import generator
 
 CFG = {"num_train_timesteps": 1000, "beta_schedule": "linear", "clip_sample": False}
 
@@ -33,13 +34,13 @@ def test_switch_happens_at_exactly_n_i(n_i):
     sched = Schedule.from_scheduler_config(CFG, 10, "ddim", 1.0)
     tuned, base = Recorder(0.3), Recorder(-0.2)
     policy = Composed(tuned, base, n_i)
-    out = rollout(policy, sched, torch.zeros(4, dtype=torch.long), (1, 3, 3), torch.Generator().manual_seed(0), n_i=n_i)
+    out = rollout(policy, sched, torch.zeros(4, dtype=torch.long), (1, 3, 3), (0,), n_i=n_i)
     s = sched.state_timestep(n_i) if n_i else -1
     assert tuned.calls == [t for t in sched.timesteps.tolist() if t > s]
     assert base.calls == [t for t in sched.timesteps.tolist() if t <= s]
     assert len(tuned.calls) == 10 - n_i
     # x_{N_I} is the state the fine-tuned network hands over: reproduce it with the tuned net alone.
-    g = torch.Generator().manual_seed(0)
+    g = generator(0, "chunk", 0)  # the rollout's one chunk draws from this stream
     x_t = torch.randn((4, 1, 3, 3), generator=g)
     _, kept = run_chain(Single(Recorder(0.3)), sched, x_t, torch.zeros(4, dtype=torch.long), g, keep=(n_i,))
     if n_i:

@@ -1,12 +1,31 @@
-"""Process-group set-up: every run is a DeepSpeed run, a single process included (gloo on CPU)."""
+"""Process-group set-up and the few collectives the engine needs.
+
+Every run is a DeepSpeed run, a single process included (gloo on the CPU, NCCL on GPUs). Under a
+launcher (``deepspeed`` / ``torchrun``) the environment names rank and world size; a plain
+``python`` or ``pgraft`` call becomes a world of one on a free loopback port.
+
+Faults: every collective carries the configured timeout (a rank whose main thread hangs makes the
+others fail there), and :class:`Watchdog` turns a dead or stopped peer into a clear message and an
+exit within the same timeout, wherever the survivors are waiting.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
+import sys
+import threading
+import time
+from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from ..errors import DistributedError
+
+log = logging.getLogger("pgraft")
 
 
 def _free_port() -> int:
@@ -15,17 +34,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_distributed() -> None:
-    """Initialise torch.distributed through DeepSpeed once per process.
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
-    Under a launcher (deepspeed / torchrun) the environment already names rank and world size;
-    a plain ``python`` or ``pgraft`` call becomes a world of one on a free loopback port.
-    """
+
+def ensure_distributed(timeout_s: float | None = None) -> None:
+    """Initialise torch.distributed through DeepSpeed once per process (idempotent)."""
     import deepspeed
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_initialized():
         return
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
@@ -33,4 +52,156 @@ def ensure_distributed() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, **kwargs)
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def comm_device() -> torch.device:
+    """Where collective tensors live: the current GPU under NCCL, the CPU under gloo."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (small Python objects: paths, decisions)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=comm_device())
+    return box[0]
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``t`` ([n_r, ...], n_r may differ) along dim 0, in rank order.
+
+    Any dtype: rows travel as bytes, padded to the longest rank's count.
+    """
+    if world_size() == 1:
+        return t
+    device = comm_device()
+    row_shape, dtype = t.shape[1:], t.dtype
+    raw = t.detach().contiguous().view(torch.uint8).reshape(t.shape[0], -1).to(device)
+    n = torch.tensor([raw.shape[0]], device=device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = torch.zeros((max(sizes), raw.shape[1]), dtype=torch.uint8, device=device)
+    padded[: raw.shape[0]] = raw
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    rows = torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(t.device)
+    return rows.view(dtype).reshape(sum(sizes), *row_shape)
+
+
+def shard_slice(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:
+    """Rank ``r``'s rows [lo, hi) of a global batch of ``n`` rows split as evenly as possible."""
+    r = rank() if r is None else r
+    w = world_size() if w is None else w
+    return n * r // w, n * (r + 1) // w
+
+
+def shard_range(total: int, chunk: int) -> tuple[int, int]:
+    """This rank's contiguous share [start, stop) of ``total`` items cut into ``chunk``-sized pieces.
+
+    Whole chunks go to ranks in order, so the concatenation over ranks is the global order and a
+    chunk's content does not depend on the world size (ours: results equal a 1-rank run's).
+    """
+    chunks = -(-total // chunk)
+    w, r = world_size(), rank()
+    first, last = r * chunks // w, (r + 1) * chunks // w
+    return min(first * chunk, total), min(last * chunk, total)
+
+
+class Watchdog:
+    """Exit with a clear message when a peer rank stops making progress for ``timeout_s``.
+
+    Each rank's daemon thread bumps a counter in the process group's key-value store every
+    ``timeout_s / 10`` seconds and watches the others' counters; a counter that has not moved for
+    ``timeout_s`` (the rank died or was stopped), or a store that cannot be reached (rank 0 died),
+    ends this process with exit code 3. A rank whose main thread hangs while its process lives is
+    caught by the collectives' own timeout instead.
+    """
+
+    EXIT_CODE = 3
+    DONE = "done"
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Watchdog":
+        if world_size() > 1:
+            self._store = dist.distributed_c10d._get_default_store()
+            self._rank, self._world = rank(), world_size()
+            self._thread = threading.Thread(target=self._run, name="pgraft-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Say this rank finished (peers stop watching it), then end the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            try:
+                self._store.set(f"pgraft/heartbeat/{self._rank}", self.DONE)
+            except Exception:  # rank 0 already gone after the final barrier: nothing to tell
+                pass
+            self._thread.join(timeout=self.timeout_s)
+
+    def __enter__(self) -> "Watchdog":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        period = max(self.timeout_s / 10, 0.05)
+        last_value = {r: None for r in range(self._world) if r != self._rank}
+        last_change = {r: time.monotonic() for r in last_value}
+        beat = 0
+        while not self._stop.wait(period):
+            beat += 1
+            try:
+                self._store.set(f"pgraft/heartbeat/{self._rank}", str(beat))
+                for r in last_value:
+                    key = f"pgraft/heartbeat/{r}"
+                    value = self._store.get(key) if self._store.check([key]) else None
+                    if value == self.DONE.encode():
+                        continue
+                    if value != last_value[r]:
+                        last_value[r], last_change[r] = value, time.monotonic()
+                    elif time.monotonic() - last_change[r] > self.timeout_s:
+                        self._abort(f"rank {r} made no progress for {self.timeout_s:.0f} s (it died or hung)")
+            except Exception as exc:  # the store lives in rank 0: it is gone
+                if self._stop.wait(1.0):  # ... or rank 0 finished just before this rank did
+                    return
+                self._abort(f"lost contact with rank 0's store ({type(exc).__name__}: {exc})")
+
+    def _abort(self, why: str) -> None:
+        msg = f"pgraft: error: rank {self._rank}: {why}; exiting (distributed.timeout_s={self.timeout_s:g})"
+        print(msg, file=sys.stderr, flush=True)
+        os._exit(self.EXIT_CODE)
+
+
+def describe_collective_failure(exc: BaseException) -> DistributedError:
+    """A collective that raised: name the likely cause instead of gloo's/NCCL's internals."""
+    return DistributedError(
+        f"rank {rank()}: a collective operation failed ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+        "another rank died or hung (see distributed.timeout_s)"
+    )

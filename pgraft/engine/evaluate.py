@@ -1,8 +1,9 @@
 """Evaluate: reward on held-out seeds, with a 95% CI, per-class means, accuracy and diversity.
 
 Every model is evaluated on the same held-out seeds (common random numbers), disjoint from all
-rollout seeds. Diversity (ours): the mean pairwise RMS pixel distance between samples of the same
-class, in image space [0, 1], averaged over classes.
+rollout seeds. Under several ranks each samples its share of the chunks and all ranks score the
+gathered samples, so every rank returns the same evaluation. Diversity (ours): the mean pairwise
+RMS pixel distance between samples of the same class, in image space [0, 1], averaged over classes.
 """
 
 from __future__ import annotations
@@ -82,19 +83,19 @@ def evaluate(
 ) -> Evaluation:
     t0 = time.time()
     labels = torch.arange(num_classes).repeat_interleave(cfg.samples_per_class)
-    gen = torch.Generator().manual_seed(cfg.seed)
     out = rollout(
         policy,
         schedule,
         labels,
         sample_shape,
-        gen,
+        (cfg.seed, "eval"),
         guidance_scale=guidance_scale,
         null_label=null_label,
         batch_size=cfg.batch_size,
+        shard=True,  # ranks share the sampling; every rank then scores all samples alike
         progress=progress,
         desc=desc,
-    )
+    ).gathered()
     images = decode(out.x0)
     rewards = score(reward_fn, images, labels)
     finite = torch.isfinite(rewards)

@@ -1,7 +1,10 @@
 """Rollout: M trajectories per condition, batched across conditions; keeps x_{N_I} and x_0.
 
-Every random draw comes from the caller's generator (x_T first, then one noise tensor per step,
-chunk after chunk), so a rollout is reproducible on the CPU for a fixed chunk size.
+The batch is cut into chunks of ``batch_size`` trajectories; chunk c draws x_T and then one noise
+tensor per step from its own generator, seeded by (seed parts..., c). A chunk's samples therefore
+depend only on the seed and the chunk, not on which rank runs it: with ``shard=True`` each rank runs
+a contiguous range of chunks (:func:`~pgraft.engine.distributed.shard_range`) and the ranks together
+produce exactly what one process would.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from tqdm.auto import tqdm
 
 from ..kernels import denoise_step
 from ..models.schedule import Schedule
+from ..seeding import generator
 from .compose import Policy
+from .distributed import all_gather_rows, shard_range
 
 
 @dataclass
@@ -22,6 +27,11 @@ class Rollout:
     x_ni: torch.Tensor  # [N, ...] the states x_{N_I} (x0 itself when n_i == 0)
     cond: torch.Tensor  # [N] condition of each row
     n_i: int
+    start: int = 0  # global index of the first row (a rank's shard starts there)
+
+    def gathered(self) -> "Rollout":
+        """Every rank's rows, in global order (identity in a single process)."""
+        return Rollout(all_gather_rows(self.x0), all_gather_rows(self.x_ni), all_gather_rows(self.cond), self.n_i)
 
 
 @torch.no_grad()
@@ -79,31 +89,41 @@ def rollout(
     schedule: Schedule,
     cond: torch.Tensor,
     sample_shape: tuple[int, ...],
-    generator: torch.Generator,
+    seed: tuple,
     *,
     n_i: int = 0,
     guidance_scale: float = 1.0,
     null_label: int | None = None,
     batch_size: int = 512,
+    shard: bool = False,
     progress: bool = False,
     desc: str = "rollout",
 ) -> Rollout:
-    """Sample one trajectory per entry of ``cond`` (repeat a condition M times for a group)."""
+    """Sample one trajectory per entry of ``cond`` (repeat a condition M times for a group).
+
+    ``seed`` is a tuple of seed parts (:func:`pgraft.seeding.derive_seed`); with ``shard`` this
+    rank samples only its share of the chunks, and the result's ``start`` says where it begins.
+    """
+    start, stop = shard_range(cond.shape[0], batch_size) if shard else (0, cond.shape[0])
     x0s, xnis = [], []
-    chunks = range(0, cond.shape[0], batch_size)
-    for start in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        c = cond[start : start + batch_size]
-        x = torch.randn((c.shape[0], *sample_shape), generator=generator)
+    chunks = range(start, stop, batch_size)
+    for lo in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        gen = generator(*seed, "chunk", lo // batch_size)
+        c = cond[lo : min(lo + batch_size, stop)]
+        x = torch.randn((c.shape[0], *sample_shape), generator=gen)
         x0, kept = run_chain(
             policy,
             schedule,
             x,
             c,
-            generator,
+            gen,
             keep=(n_i,) if n_i > 0 else (),
             guidance_scale=guidance_scale,
             null_label=null_label,
         )
         x0s.append(x0)
         xnis.append(kept[n_i] if n_i > 0 else x0)
-    return Rollout(torch.cat(x0s), torch.cat(xnis), cond.clone(), n_i)
+    empty = torch.empty((0, *sample_shape))
+    x0 = torch.cat(x0s) if x0s else empty
+    x_ni = torch.cat(xnis) if xnis else empty
+    return Rollout(x0, x_ni, cond[start:stop].clone(), n_i, start)

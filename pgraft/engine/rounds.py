@@ -2,6 +2,13 @@
 
 Round k+1 samples from the composed model of round k (fine-tuned from T to N_I, base below).
 N_I = 0 is GRAFT. The fine-tuned network is a full copy of the base or a LoRA adapter over it.
+
+Across ranks (docs/distributed.md): each rank samples a contiguous share of the round's rollout
+chunks (seeds per chunk, so the samples do not depend on the world size) and scores its own
+samples; the rewards are all-gathered so every rank applies the rule to the whole [G, M] table;
+the accepted rows are all-gathered into every rank's buffer; the DeepSpeed engine trains data-
+parallel, each rank on its slice of every global batch. The loop's whole state is checkpointed at
+round boundaries and every ``checkpoint_every`` optimizer steps (:mod:`.checkpoint`).
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -16,13 +24,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..buffer import TrajectoryBuffer
-from ..config import PGraftConfig
+from ..config import PGraftConfig, to_yaml
 from ..kernels.select import gather_rows
 from ..models.schedule import Schedule
 from ..rewards.base import RewardFn, score
 from ..seeding import generator
+from .checkpoint import Checkpointer, checkpoint_name, restore_rng, rng_state
 from .compose import AdapterOff, Composed
-from .rollout import rollout
+from .distributed import all_gather_rows, rank
+from .rollout import Rollout, rollout
 from .select import select
 from .train import DenoisingTrainer, TrainingData, make_trainable
 
@@ -65,6 +75,217 @@ def training_data(buffer: TrajectoryBuffer, cfg: PGraftConfig, schedule: Schedul
     return TrainingData(buffer=buffer, field="x0", level=-1, t_min=s + 1)
 
 
+@dataclass
+class LoopState:
+    """Where a run stands: everything a resumed run needs besides the engine, RNGs and buffer."""
+
+    round: int = 0  # the round in progress, or the next to start
+    in_round: bool = False  # this round's rollout is selected and its rows are in the buffer
+    step: int = 0  # optimizer steps done in this round
+    losses: list[float] = field(default_factory=list)  # this round's losses so far
+    partial: dict | None = None  # this round's RoundLog fields known before training
+    stream: dict | None = None  # the batch stream's position
+    history: list[dict] = field(default_factory=list)  # RoundLogs of finished rounds
+    wall_s: float = 0.0  # time spent before the last checkpoint (a resumed run adds to it)
+
+
+class PGraftLoop:
+    """``cfg.rounds`` rounds of P-GRAFT at ``cfg.n_i``; resumable from its checkpoints."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        reward_fn: RewardFn,
+        decode: Callable[[torch.Tensor], torch.Tensor],
+        num_conditions: int,
+        sample_shape: tuple[int, ...],
+        cfg: PGraftConfig,
+        *,
+        null_label: int | None = None,
+        keep_rounds: int = 1,
+        on_round: Callable[[RoundLog], None] | None = None,
+        progress: bool = True,
+        name: str = "pgraft",
+        checkpointer: Checkpointer | None = None,
+        checkpoint_every: int = 0,
+        run_config: str | None = None,
+        timeout_s: float | None = None,
+    ):
+        if keep_rounds < 1:
+            raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+        self.base, self.reward_fn, self.decode = base, reward_fn, decode
+        self.num_conditions, self.sample_shape, self.cfg = num_conditions, sample_shape, cfg
+        self.null_label, self.keep_rounds, self.on_round, self.name = null_label, keep_rounds, on_round, name
+        self.checkpointer, self.checkpoint_every = checkpointer, checkpoint_every
+        self.run_config = run_config if run_config is not None else to_yaml(cfg)
+        s = cfg.sampler
+        self.schedule = Schedule.from_scheduler_config(base.scheduler_config, s.steps, s.kind, s.eta)
+        self.model = make_trainable(base, cfg.train)
+        self.trainer = DenoisingTrainer(
+            self.model, self.schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed,
+            timeout_s=timeout_s,
+        )  # fmt: skip
+        self.progress = progress and rank() == 0
+        # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
+        # before each append, so a full buffer would be a bug: refuse rather than evict silently.
+        self.buffer = TrajectoryBuffer(
+            {"x_ni": (sample_shape, torch.float32), "x0": (sample_shape, torch.float32), "cond": ((), torch.int64)},
+            capacity=keep_rounds * num_conditions * cfg.samples_per_condition,
+            full_policy="refuse",
+        )
+        self.state = LoopState()
+
+    # -- resume ------------------------------------------------------------------------------
+    def resume(self) -> Path | None:
+        """Restore the newest complete checkpoint, if any; returns its folder."""
+        path = self.checkpointer.find() if self.checkpointer is not None else None
+        if path is None:
+            return None
+        state, rng, self.buffer = self.checkpointer.load(path, self.trainer.engine)
+        state.pop("world_size")
+        self.state = LoopState(**state)
+        restore_rng(rng, self.trainer.generator)
+        log.info("%s: resumed from %s (round %d, step %d)", self.name, path.name, self.state.round, self.state.step)
+        return path
+
+    def _checkpoint(self, started: float) -> None:
+        st = self.state
+        st.wall_s += time.time() - started
+        if st.in_round:
+            st.stream = self.trainer.stream.state_dict()
+        self.checkpointer.save(
+            checkpoint_name(st.round, st.step),
+            engine=self.trainer.engine,
+            state=asdict(st),
+            buffer=self.buffer,
+            rng=rng_state(self.trainer.generator),
+            config_yaml=self.run_config,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def policy(self) -> Composed:
+        """The composed sampler of the current weights (whole, under every ZeRO stage)."""
+        model = self.trainer.sampling_model().eval()
+        base_view = AdapterOff(model, self.base.prediction_type) if self.cfg.train.mode == "lora" else self.base
+        return Composed(model, base_view, self.cfg.n_i)
+
+    def run(self) -> PGraftRun:
+        started = time.time()
+        cfg, st = self.cfg, self.state
+        for k in tqdm(range(st.round, cfg.rounds), desc=f"{self.name} rounds", disable=not self.progress):
+            t0 = time.time()
+            if st.in_round:  # resumed mid-round: the buffer already holds this round's rows
+                self.trainer.attach(self._training_data(), st.stream)
+            else:
+                st.partial = self._collect(k)
+                st.in_round, st.step, st.losses = True, 0, []
+                if len(self.buffer):
+                    self.trainer.attach(self._training_data())
+            if len(self.buffer):
+                self.trainer.train(
+                    None,
+                    cfg.train.steps_per_round - st.step,
+                    progress=self.progress,
+                    desc=f"{self.name} r{k} train",
+                    on_step=lambda _, loss: self._after_step(loss, started),
+                )
+            else:
+                log.warning("%s round %d: the rule accepted no sample; no training this round", self.name, k)
+            losses = st.losses[-10:] or [float("nan")]
+            fields = dict(st.partial)
+            rollout_s = fields.pop("rollout_s")
+            entry = RoundLog(
+                round=k, **fields, train_loss=sum(losses) / len(losses), wall_s=rollout_s + time.time() - t0
+            )
+            st.history.append(asdict(entry))
+            if self.on_round is not None:
+                self.on_round(entry)
+            st.round, st.in_round, st.step, st.losses, st.partial, st.stream = k + 1, False, 0, [], None, None
+            if self.checkpointer is not None:
+                self._checkpoint(started)
+                started = time.time()
+        return PGraftRun(
+            self.policy(),
+            self.trainer.sampling_model().eval(),
+            self.schedule,
+            cfg.n_i,
+            [RoundLog(**h) for h in st.history],
+            st.wall_s + (time.time() - started),
+        )
+
+    def _after_step(self, loss: float, started: float) -> None:
+        st = self.state
+        st.step += 1
+        st.losses.append(loss)
+        every = self.checkpoint_every
+        if (
+            self.checkpointer is not None
+            and every
+            and st.step % every == 0
+            and st.step < self.cfg.train.steps_per_round
+        ):
+            self._checkpoint(started)
+
+    def _training_data(self) -> TrainingData:
+        return training_data(self.buffer, self.cfg, self.schedule)
+
+    def _collect(self, k: int) -> dict:
+        """Rollout → reward → select → buffer for round k; returns the round's log fields so far."""
+        t0 = time.time()
+        cfg, g, m = self.cfg, self.num_conditions, self.cfg.samples_per_condition
+        conds = torch.arange(g).repeat_interleave(m)
+        # Same rollout seeds whatever N_I: methods compared at one budget see common noise.
+        traj = rollout(
+            self.policy(),
+            self.schedule,
+            conds,
+            self.sample_shape,
+            (cfg.seed, "rollout", k),
+            n_i=cfg.n_i,
+            guidance_scale=cfg.sampler.guidance_scale,
+            null_label=self.null_label,
+            batch_size=cfg.rollout_batch,
+            shard=True,
+            progress=self.progress,
+            desc=f"{self.name} r{k} rollout",
+        )
+        images = self.decode(traj.x0)
+        rewards = all_gather_rows(score(self.reward_fn, images, traj.cond))  # the whole [G·M] table
+        samples = all_gather_rows(images) if cfg.select.rule == "dedup" else None
+        sel = select(rewards.view(g, m), cfg.select, generator=generator(cfg.seed, "select", k), samples=samples)
+        if sel.invalid:
+            log.warning("%s round %d: %d non-finite rewards excluded", self.name, k, sel.invalid)
+        self.buffer.compact(self.buffer.meta()["round"] > k - self.keep_rounds)  # keep the last keep_rounds - 1
+        self._append_accepted(sel.indices.sort().values, traj, rewards, k)
+        finite = torch.isfinite(rewards)
+        accepted = rewards[sel.indices]
+        return {
+            "samples_drawn": conds.numel(),
+            "rollout_reward_mean": float(rewards[finite].mean()) if bool(finite.any()) else float("nan"),
+            "accepted": sel.count,
+            "invalid_rewards": sel.invalid,
+            "accepted_reward_mean": float(accepted.mean()) if sel.count else float("nan"),
+            "rollout_s": time.time() - t0,
+        }
+
+    def _append_accepted(self, idx: torch.Tensor, traj: Rollout, rewards: torch.Tensor, k: int) -> None:
+        """Every rank's buffer gets all accepted rows, in global order, tagged with the rank that sampled them."""
+        lo, hi = traj.start, traj.start + traj.cond.numel()
+        mine = idx[(idx >= lo) & (idx < hi)]
+        x_ni, x0 = gather_rows((mine - lo).to(traj.x0.device), traj.x_ni, traj.x0)
+        rows = {"x_ni": all_gather_rows(x_ni), "x0": all_gather_rows(x0)}
+        owner = all_gather_rows(torch.full((mine.numel(),), rank(), dtype=torch.int64))
+        cond = torch.arange(self.num_conditions).repeat_interleave(self.cfg.samples_per_condition)
+        for r in owner.unique().tolist():
+            at = owner == r
+            self.buffer.append(
+                group=cond[idx[at]], reward=rewards[idx[at]], round=k, rank=r,
+                x_ni=rows["x_ni"][at], x0=rows["x0"][at], cond=cond[idx[at]],
+            )  # fmt: skip
+
+
 def run_pgraft(
     base: nn.Module,
     reward_fn: RewardFn,
@@ -79,85 +300,12 @@ def run_pgraft(
     progress: bool = True,
     name: str = "pgraft",
 ) -> PGraftRun:
-    """Run ``cfg.rounds`` rounds of P-GRAFT at ``cfg.n_i`` and return the composed policy."""
-    if keep_rounds < 1:
-        raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
-    t_start = time.time()
-    s_cfg = cfg.sampler
-    schedule = Schedule.from_scheduler_config(base.scheduler_config, s_cfg.steps, s_cfg.kind, s_cfg.eta)
-    model = make_trainable(base, cfg.train)
-    base_view = AdapterOff(model, base.prediction_type) if cfg.train.mode == "lora" else base
-    policy = Composed(model, base_view, cfg.n_i)
-    trainer = DenoisingTrainer(model, schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed)
-    # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
-    # before each append, so a full buffer would be a bug: refuse rather than evict silently.
-    buffer = TrajectoryBuffer(
-        {"x_ni": (sample_shape, torch.float32), "x0": (sample_shape, torch.float32), "cond": ((), torch.int64)},
-        capacity=keep_rounds * num_conditions * cfg.samples_per_condition,
-        full_policy="refuse",
-    )
-    run = PGraftRun(policy, model, schedule, cfg.n_i)
-    conds = torch.arange(num_conditions).repeat_interleave(cfg.samples_per_condition)
-    for k in tqdm(range(cfg.rounds), desc=f"{name} rounds", disable=not progress):
-        t0 = time.time()
-        model.eval()
-        # Same rollout seeds whatever N_I: methods compared at one budget see common noise.
-        gen = generator(cfg.seed, "rollout", k)
-        traj = rollout(
-            policy,
-            schedule,
-            conds,
-            sample_shape,
-            gen,
-            n_i=cfg.n_i,
-            guidance_scale=s_cfg.guidance_scale,
-            null_label=null_label,
-            batch_size=cfg.rollout_batch,
-            progress=progress,
-            desc=f"{name} r{k} rollout",
-        )
-        images = decode(traj.x0)
-        rewards = score(reward_fn, images, conds)
-        sel = select(
-            rewards.view(num_conditions, cfg.samples_per_condition),
-            cfg.select,
-            generator=generator(cfg.seed, "select", k),
-            samples=images,
-        )
-        idx = sel.indices
-        if sel.invalid:
-            log.warning("%s round %d: %d non-finite rewards excluded", name, k, sel.invalid)
-        x_ni, x0 = gather_rows(idx.to(traj.x0.device), traj.x_ni, traj.x0)
-        cond, reward = gather_rows(idx, conds, rewards)
-        buffer.compact(buffer.meta()["round"] > k - keep_rounds)  # keep the last keep_rounds - 1 rounds
-        buffer.append(group=cond, reward=reward, round=k, x_ni=x_ni, x0=x0, cond=cond)
-        if len(buffer):
-            losses = trainer.train(
-                training_data(buffer, cfg, schedule),
-                cfg.train.steps_per_round,
-                progress=progress,
-                desc=f"{name} r{k} train",
-            )
-        else:
-            log.warning("%s round %d: the rule accepted no sample; no training this round", name, k)
-            losses = [float("nan")]
-        finite = torch.isfinite(rewards)
-        entry = RoundLog(
-            round=k,
-            samples_drawn=conds.numel(),
-            rollout_reward_mean=float(rewards[finite].mean()) if bool(finite.any()) else float("nan"),
-            accepted=sel.count,
-            invalid_rewards=sel.invalid,
-            accepted_reward_mean=float(reward.mean()) if sel.count else float("nan"),
-            train_loss=sum(losses[-10:]) / len(losses[-10:]),
-            wall_s=time.time() - t0,
-        )
-        run.history.append(entry)
-        if on_round is not None:
-            on_round(entry)
-    model.eval()
-    run.wall_s = time.time() - t_start
-    return run
+    """Run ``cfg.rounds`` rounds of P-GRAFT at ``cfg.n_i`` (no checkpoints) and return the composed policy."""
+    loop = PGraftLoop(
+        base, reward_fn, decode, num_conditions, sample_shape, cfg,
+        null_label=null_label, keep_rounds=keep_rounds, on_round=on_round, progress=progress, name=name,
+    )  # fmt: skip
+    return loop.run()
 
 
 def history_dicts(run: PGraftRun) -> list[dict]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from ..buffer import TrajectoryBuffer
 from ..config import TrainConfig
-from ..errors import ShapeError
-from .distributed import ensure_distributed
+from ..errors import ConfigError, ShapeError
+from .distributed import comm_device, ensure_distributed, rank, shard_slice, world_size
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
 
@@ -48,23 +48,102 @@ class TrainingData:
     def __len__(self) -> int:
         return len(self.buffer) if self.buffer is not None else int(self.x.shape[0])
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """An endless stream of (x, cond) minibatches; every draw comes from ``generator``."""
-        if self.buffer is None:
-            while True:
-                idx = torch.randint(0, len(self), (batch_size,), generator=generator)
-                yield self.x[idx], self.cond[idx]
-        drop_last = len(self.buffer) >= batch_size  # fixed-size batches whenever the buffer allows
+
+class BatchStream:
+    """Global micro-batches of ``global_batch`` rows; this rank gets its slice of each.
+
+    Every draw comes from ``generator``, shared by all ranks with the same state, so the ranks
+    agree on each global batch without talking and a world of W ranks with micro-batch b sees the
+    rows one process with micro-batch W·b would. The position (epoch seed, batch index) is
+    explicit state, so a resumed run continues with the very batch it would have drawn.
+    """
+
+    def __init__(self, data: TrainingData, global_batch: int, generator: torch.Generator):
+        self.data, self.global_batch, self.generator = data, global_batch, generator
+        self.epoch_seed: int | None = None
+        self.batch_index = 0
+        self._epoch: Iterator | None = None
+
+    def state_dict(self) -> dict:
+        return {"epoch_seed": self.epoch_seed, "batch_index": self.batch_index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch_seed, self.batch_index = state["epoch_seed"], state["batch_index"]
+        self._epoch = None if self.epoch_seed is None else self._open_epoch()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+        """(x, cond) of this rank's slice [lo, hi) of the next global batch of n rows."""
+        d = self.data
+        if d.buffer is None:
+            idx = torch.randint(0, len(d), (self.global_batch,), generator=self.generator)
+            lo, hi = shard_slice(self.global_batch)
+            return d.x[idx[lo:hi]], d.cond[idx[lo:hi]], self.global_batch, lo, hi
         while True:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-            for mb in self.buffer.minibatches(batch_size, seed, drop_last=drop_last):
-                yield mb[self.field], mb["cond"]
+            if self._epoch is None:
+                self.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+                self.batch_index = 0
+                self._epoch = self._open_epoch()
+            mb = next(self._epoch, None)
+            if mb is not None:
+                break
+            self._epoch = None
+        self.batch_index += 1
+        n = min(self.global_batch, len(d))  # a buffer smaller than a batch is one whole batch
+        lo, hi = shard_slice(n)
+        return mb[d.field], mb["cond"], n, lo, hi
+
+    def _open_epoch(self) -> Iterator:
+        d = self.data
+        drop_last = len(d) >= self.global_batch  # fixed-size batches whenever the buffer allows
+        return d.buffer.minibatches(
+            self.global_batch,
+            self.epoch_seed,
+            drop_last=drop_last,
+            shard=(rank(), world_size()),
+            start=self.batch_index,
+        )
 
 
 def eps_from_output(out, x_t, alpha_t, prediction_type: str):
     if prediction_type == "epsilon":
         return out
     return alpha_t.sqrt() * out + (1 - alpha_t).sqrt() * x_t
+
+
+def draw_dsm_noise(
+    n: int, row_shape: tuple[int, ...], level: int, total: int, generator: torch.Generator, t_min: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training timesteps t uniform on [max(t_min, s + 1), T) and the noise ε' for n rows."""
+    t_low = max(t_min, level + 1)
+    if t_low >= total:
+        raise ShapeError(f"no training timestep lies in [{t_low}, {total})")
+    t = torch.randint(t_low, total, (n,), generator=generator)
+    return t, torch.randn((n, *row_shape), generator=generator)
+
+
+def dsm_loss_at(
+    model: nn.Module,
+    x_s: torch.Tensor,
+    cond: torch.Tensor,
+    level: int,
+    alphas_cumprod: torch.Tensor,
+    t: torch.Tensor,
+    eps_prime: torch.Tensor,
+    *,
+    weighting: str = "unit_target",
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """DSM from data at level s = ``level`` for given timesteps ``t`` and noise ``eps_prime`` (METHOD.md §2)."""
+    shape = (x_s.shape[0], *([1] * (x_s.ndim - 1)))
+    a_t = alphas_cumprod[t].float().view(shape)
+    a_s = torch.ones_like(a_t) if level < 0 else alphas_cumprod[level].float().expand_as(a_t)
+    ratio = a_t / a_s  # ᾱ_t/ᾱ_s
+    x_t = ratio.sqrt() * x_s + (1 - ratio).sqrt() * eps_prime
+    eps_hat = eps_from_output(model(x_t, t, cond), x_t, a_t, prediction_type)
+    scale = ((1 - ratio) / (1 - a_t)).sqrt()  # ε-target = ε'/scale
+    if weighting == "unit_target":
+        return ((eps_hat * scale - eps_prime) ** 2).mean()
+    return ((eps_hat - eps_prime / scale) ** 2).mean()
 
 
 def dsm_loss(
@@ -79,24 +158,11 @@ def dsm_loss(
     weighting: str = "unit_target",
     prediction_type: str = "epsilon",
 ) -> torch.Tensor:
-    """DSM from data at level s = ``level`` (METHOD.md §2); t uniform on [max(t_min, s + 1), T)."""
-    b, nd = x_s.shape[0], x_s.ndim
-    total = alphas_cumprod.numel()
-    t_low = max(t_min, level + 1)
-    if t_low >= total:
-        raise ShapeError(f"no training timestep lies in [{t_low}, {total})")
-    t = torch.randint(t_low, total, (b,), generator=generator)
-    shape = (b, *([1] * (nd - 1)))
-    a_t = alphas_cumprod[t].float().view(shape)
-    a_s = torch.ones_like(a_t) if level < 0 else alphas_cumprod[level].float().expand_as(a_t)
-    ratio = a_t / a_s  # ᾱ_t/ᾱ_s
-    eps_prime = torch.randn(x_s.shape, generator=generator)
-    x_t = ratio.sqrt() * x_s + (1 - ratio).sqrt() * eps_prime
-    eps_hat = eps_from_output(model(x_t, t, cond), x_t, a_t, prediction_type)
-    scale = ((1 - ratio) / (1 - a_t)).sqrt()  # ε-target = ε'/scale
-    if weighting == "unit_target":
-        return ((eps_hat * scale - eps_prime) ** 2).mean()
-    return ((eps_hat - eps_prime / scale) ** 2).mean()
+    """DSM from data at level s = ``level``; t uniform on [max(t_min, s + 1), T), drawn from ``generator``."""
+    t, eps_prime = draw_dsm_noise(x_s.shape[0], tuple(x_s.shape[1:]), level, alphas_cumprod.numel(), generator, t_min)
+    return dsm_loss_at(
+        model, x_s, cond, level, alphas_cumprod, t, eps_prime, weighting=weighting, prediction_type=prediction_type
+    )
 
 
 def make_trainable(base: nn.Module, cfg: TrainConfig) -> nn.Module:
@@ -113,15 +179,54 @@ def make_trainable(base: nn.Module, cfg: TrainConfig) -> nn.Module:
     return model.train()
 
 
+def deepspeed_config(cfg: TrainConfig) -> dict:
+    """The DeepSpeed config of a trainer: batch semantics, clipping, ZeRO stage, precision, LR warm-up.
+
+    train_batch_size = micro-batch × accumulation × world size (docs/distributed.md).
+    """
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size(),
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif cfg.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    if cfg.warmup_steps:
+        ds["scheduler"] = {
+            "type": "WarmupLR",
+            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps},
+        }
+    return ds
+
+
 class DenoisingTrainer:
-    """Owns one DeepSpeed engine around a trainable denoiser and runs optimizer steps."""
+    """Owns one DeepSpeed engine around a trainable denoiser and runs optimizer steps.
+
+    Only the trainable network enters the engine (and ZeRO's partitioning); frozen parts — the
+    base model used below N_I, the reward model, encoders — stay plain modules on every rank.
+    """
 
     def __init__(
-        self, model: nn.Module, alphas_cumprod: torch.Tensor, cfg: TrainConfig, *, null_label: int | None, seed: int
+        self,
+        model: nn.Module,
+        alphas_cumprod: torch.Tensor,
+        cfg: TrainConfig,
+        *,
+        null_label: int | None,
+        seed: int,
+        timeout_s: float | None = None,
     ):
         import deepspeed
 
-        ensure_distributed()
+        if cfg.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed's loss scaler); use bf16 or fp32 on the CPU")
+        ensure_distributed(timeout_s)
         self.cfg = cfg
         self.alphas_cumprod = alphas_cumprod.float()
         self.null_label = null_label
@@ -130,53 +235,101 @@ class DenoisingTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ShapeError("the model to train has no trainable parameters")
+        # ZeRO-3 partitions the module's parameters in place: sampling needs a whole copy.
+        self._sampler = copy.deepcopy(model).eval().requires_grad_(False) if cfg.zero_stage == 3 else None
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        ds_config = {
-            "train_micro_batch_size_per_gpu": cfg.batch_size,
-            "gradient_accumulation_steps": cfg.grad_accum,
-            "gradient_clipping": cfg.grad_clip,
-            "zero_optimization": {"stage": cfg.zero_stage},
-            "steps_per_print": 1 << 30,
-            "wall_clock_breakdown": False,
-        }
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
         self.model = model
         self.steps_done = 0
+        self.stream: BatchStream | None = None
 
-    def train(self, data: TrainingData, steps: int, *, progress: bool = True, desc: str = "train") -> list[float]:
-        """Run ``steps`` optimizer steps on minibatches of ``data``."""
-        if len(data) == 0:
-            raise ShapeError("no training data: selection accepted nothing this round")
-        batches = data.batches(self.cfg.batch_size, self.generator)
+    def sampling_model(self) -> nn.Module:
+        """The trained network, whole, as a plain module (gathered from the ranks under ZeRO-3)."""
+        if self._sampler is None:
+            return self.model
+        import deepspeed
+
+        params = list(self.model.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            with torch.no_grad():
+                for mine, whole in zip(self._sampler.parameters(), params):
+                    mine.copy_(whole.detach().to(mine.dtype))
+        return self._sampler
+
+    def attach(self, data: TrainingData, stream_state: dict | None = None) -> None:
+        """Train on ``data`` from now on (optionally at a saved stream position)."""
+        if len(data) < world_size():
+            raise ShapeError(f"{len(data)} training rows cannot feed {world_size()} ranks")
+        self.stream = BatchStream(data, self.cfg.batch_size * world_size(), self.generator)
+        if stream_state is not None:
+            self.stream.load_state_dict(stream_state)
+
+    def train(
+        self,
+        data: TrainingData | None,
+        steps: int,
+        *,
+        progress: bool = True,
+        desc: str = "train",
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> list[float]:
+        """Run ``steps`` optimizer steps on minibatches of ``data`` (None: the attached data).
+
+        ``on_step(i, loss)`` runs after the i-th step (1-based) of this call: the checkpoint hook.
+        The loss reported is the global batch's mean, the same on every rank.
+        """
+        if data is not None:
+            if len(data) == 0:
+                raise ShapeError("no training data: selection accepted nothing this round")
+            self.attach(data)
+        stream, data = self.stream, self.stream.data
         self.engine.train()
         losses = []
-        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-        for _ in bar:
+        bar = tqdm(range(steps), desc=desc, disable=not progress or rank() != 0, leave=False)
+        for i in bar:
             step_loss = 0.0
             for _ in range(self.cfg.grad_accum):
-                x, cond = next(batches)
+                x, cond, n, lo, hi = stream.next()
                 if self.cfg.cond_dropout > 0 and self.null_label is not None:
-                    drop = torch.rand(cond.shape, generator=self.generator) < self.cfg.cond_dropout
+                    drop = torch.rand((n,), generator=self.generator)[lo:hi] < self.cfg.cond_dropout
                     cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
-                loss = dsm_loss(
+                t, eps = draw_dsm_noise(
+                    n, tuple(x.shape[1:]), data.level, self.alphas_cumprod.numel(), self.generator,
+                    data.t_min + self.cfg.t_margin,
+                )  # fmt: skip
+                loss = dsm_loss_at(
                     self.engine,
                     x,
                     cond,
                     data.level,
                     self.alphas_cumprod,
-                    self.generator,
-                    t_min=data.t_min + self.cfg.t_margin,
+                    t[lo:hi],
+                    eps[lo:hi],
                     weighting=self.cfg.weighting,
                     prediction_type=self.prediction_type,
                 )
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"training loss became {value} at step {self.steps_done}")
-                self.engine.backward(loss)
+                # DeepSpeed averages over ranks; weight by this rank's share so the update is the
+                # global batch's mean even when the slices differ in size.
+                share = (hi - lo) * world_size() / n
+                value = float(loss.detach()) * share
+                self.engine.backward(loss * share if share != 1 else loss)
                 self.engine.step()
                 step_loss += value / self.cfg.grad_accum
+            step_loss = _mean_over_ranks(step_loss)
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"training loss became {step_loss} at step {self.steps_done}")
             losses.append(step_loss)
             self.steps_done += 1
             bar.set_postfix(loss=f"{step_loss:.4f}")
+            if on_step is not None:
+                on_step(i + 1, step_loss)
         self.engine.eval()
         return losses
+
+
+def _mean_over_ranks(value: float) -> float:
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=comm_device())
+    torch.distributed.all_reduce(t)
+    return float(t) / world_size()

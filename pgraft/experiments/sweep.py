@@ -39,7 +39,7 @@ def conditional_variance(
         schedule,
         conds,
         task.sample_shape,
-        generator(seed, "diag-states", n_i),
+        (seed, "diag-states", n_i),
         n_i=n_i,
         guidance_scale=guidance_scale,
         null_label=task.base.null_label,

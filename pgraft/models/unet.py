@@ -57,7 +57,8 @@ class ClassConditionalUNet(nn.Module):
         return self.num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, class_labels=cond).sample
+        # bf16/fp16 weights (a DeepSpeed mixed-precision engine) take and give float32 at the edge.
+        return self.unet(x.to(self.unet.dtype), t, class_labels=cond).sample.float()
 
     @classmethod
     def from_config(cls, cfg: UNetConfig, image_size: int, num_classes: int) -> "ClassConditionalUNet":
