@@ -1,4 +1,8 @@
-"""The `pgraft` command: pretrain, demo, sweep."""
+"""The `pgraft` command: pretrain, demo, sweep, train.
+
+`train` also runs under the DeepSpeed launcher, one process per rank:
+    deepspeed --num_gpus 8 -m pgraft.cli train --config configs/digits_train.yaml --out runs/train
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pgraft", description=__doc__)
+    ap = argparse.ArgumentParser(prog="pgraft", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="train (or verify the cache of) the task's base model and judge")
     _common(p, None)
@@ -40,6 +45,15 @@ def parser() -> argparse.ArgumentParser:
     _common(p, "runs/demo")
     p = sub.add_parser("sweep", help="P-GRAFT at several N_I plus the Var[r | x_{N_I}] diagnostic")
     _common(p, "runs/sweep")
+    p = sub.add_parser("train", help="one P-GRAFT run on one or many ranks, checkpointed and resumable")
+    _common(p, None)
+    p.add_argument("--out", type=Path, help="run folder (default: the --resume folder, else runs/train)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue from RUN_DIR's newest complete checkpoint (config: RUN_DIR/config.yaml unless --config)",
+    )
     return ap
 
 
@@ -70,9 +84,30 @@ def main(argv: list[str] | None = None) -> int:
             from .experiments.sweep import run_sweep
 
             run_sweep(C.load(C.SweepConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
+        elif args.command == "train":
+            return _train(args)
     except PgraftError as exc:
         print(f"pgraft: error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _train(args) -> int:
+    from .engine.distributed import describe_collective_failure, world_size
+    from .experiments.train import run_train
+
+    config = args.config
+    if config is None and args.resume is not None:
+        config = args.resume / "config.yaml"
+    out = args.out or args.resume or Path("runs/train")
+    cfg = C.load(C.TrainRunConfig, config, _overrides(args, "task."))
+    try:
+        run_train(cfg, out, resume=args.resume, force=args.force)
+    except RuntimeError as exc:  # gloo / NCCL errors: a peer died or a collective timed out
+        if world_size() == 1:
+            raise
+        print(f"pgraft: error: {describe_collective_failure(exc)}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -184,6 +184,31 @@ class SweepConfig(_Strict):
         return self
 
 
+class CheckpointConfig(_Strict):
+    """When `pgraft train` checkpoints: every round boundary, plus every ``every_steps`` optimizer steps."""
+
+    every_steps: int = Field(0, ge=0)  # 0: round boundaries only
+    keep_last: int = Field(2, ge=1)  # complete checkpoints kept (older ones are deleted)
+
+
+class DistributedConfig(_Strict):
+    # A peer that dies or hangs makes the others exit with a clear message within this time.
+    # It also bounds every collective, so it must exceed the longest single-rank phase (rank 0
+    # pretraining an uncached task while the others wait).
+    timeout_s: float = Field(600.0, gt=0)
+
+
+class TrainRunConfig(_Strict):
+    """`pgraft train`: one P-GRAFT run across ranks, checkpointed and resumable."""
+
+    task: TaskConfig = TaskConfig()
+    method: PGraftConfig = Field(default_factory=lambda: PGraftConfig(n_i=6))  # N_I = 0.25·S (README)
+    keep_rounds: int = Field(1, ge=1)  # rounds of accepted rows the buffer trains on
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+
 C = TypeVar("C", bound=BaseModel)
 
 

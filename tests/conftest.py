@@ -46,3 +46,17 @@ def tiny_digits_model(digits8):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def train_cache(tmp_path_factory):
+    """A task cache holding configs/tiny_train.yaml's judge and base model, for `pgraft train` runs."""
+    from launch import TINY_TRAIN
+
+    from pgraft.config import TrainRunConfig, load
+    from pgraft.tasks import prepare_task
+
+    cache = tmp_path_factory.mktemp("train-cache")
+    task_cfg = load(TrainRunConfig, TINY_TRAIN).task.model_copy(update={"cache_dir": cache})
+    prepare_task(task_cfg, progress=False)
+    return cache

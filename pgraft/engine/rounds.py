@@ -122,7 +122,7 @@ class PGraftLoop:
         self.run_config = run_config if run_config is not None else to_yaml(cfg)
         s = cfg.sampler
         self.schedule = Schedule.from_scheduler_config(base.scheduler_config, s.steps, s.kind, s.eta)
-        self.model = make_trainable(base, cfg.train)
+        self.model = make_trainable(base, cfg.train, cfg.seed)
         self.trainer = DenoisingTrainer(
             self.model, self.schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed,
             timeout_s=timeout_s,
@@ -138,12 +138,12 @@ class PGraftLoop:
         self.state = LoopState()
 
     # -- resume ------------------------------------------------------------------------------
-    def resume(self) -> Path | None:
-        """Restore the newest complete checkpoint, if any; returns its folder."""
-        path = self.checkpointer.find() if self.checkpointer is not None else None
+    def resume(self, root: Path) -> Path | None:
+        """Restore the newest complete checkpoint under ``root``, if any; returns its folder."""
+        path = Checkpointer(root).find()
         if path is None:
             return None
-        state, rng, self.buffer = self.checkpointer.load(path, self.trainer.engine)
+        state, rng, self.buffer = Checkpointer(root).load(path, self.trainer.engine)
         state.pop("world_size")
         self.state = LoopState(**state)
         restore_rng(rng, self.trainer.generator)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..buffer import TrajectoryBuffer
 from ..config import TrainConfig
 from ..errors import ConfigError, ShapeError
+from ..seeding import derive_seed
 from .distributed import comm_device, ensure_distributed, rank, shard_slice, world_size
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
@@ -165,8 +166,12 @@ def dsm_loss(
     )
 
 
-def make_trainable(base: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """A trainable copy of ``base``: full weights, or a PEFT LoRA adapter over shared frozen weights."""
+def make_trainable(base: nn.Module, cfg: TrainConfig, seed: int = 0) -> nn.Module:
+    """A trainable copy of ``base``: full weights, or a PEFT LoRA adapter over shared frozen weights.
+
+    The adapter's random initialisation draws from its own stream seeded by ``seed``, so it does
+    not depend on what the process drew before (every rank, and a 1-rank run, start alike).
+    """
     if cfg.mode == "full":
         model = copy.deepcopy(base)
         model.requires_grad_(True)
@@ -174,7 +179,9 @@ def make_trainable(base: nn.Module, cfg: TrainConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=LORA_TARGETS, lora_dropout=0.0)
-    model = get_peft_model(copy.deepcopy(base), lora)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "lora-init"))
+        model = get_peft_model(copy.deepcopy(base), lora)
     model.prediction_type = base.prediction_type
     return model.train()
 

@@ -3,6 +3,7 @@ model weights (safetensors). Every file is written atomically."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,18 +14,22 @@ from ..io import append_jsonl, save_state, write_json, write_text
 
 
 class RunDir:
-    def __init__(self, path: str | Path, cfg: BaseModel):
+    """A fresh run folder; or, with ``metrics`` (a resumed run), metrics.jsonl rewritten to exactly
+    the rows of its checkpoint and TensorBoard events from ``purge_step`` on dropped."""
+
+    def __init__(self, path: str | Path, cfg: BaseModel, *, metrics: list[dict] | None = None, purge_step=None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / "config.yaml", to_yaml(cfg))
-        (self.path / "metrics.jsonl").unlink(missing_ok=True)
+        write_text(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in metrics or []))
         self._tb = None
+        self._purge_step = purge_step
 
     def tensorboard(self):
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.path / "tb"))
+            self._tb = SummaryWriter(str(self.path / "tb"), purge_step=self._purge_step)
         return self._tb
 
     def log(self, scope: str, step: int, values: dict) -> None:

@@ -13,8 +13,9 @@ from typing import Callable
 import torch
 
 from ..config import TaskConfig, TrainConfig
+from ..engine.distributed import barrier, broadcast_object, rank, world_size
 from ..engine.train import DenoisingTrainer, TrainingData
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..io import save_state
 from ..models.schedule import Schedule
 from ..models.unet import ClassConditionalUNet
@@ -52,13 +53,20 @@ def _data_key(cfg: TaskConfig) -> dict:
 
 
 def pretrain_base(cfg: TaskConfig, data: DigitsData, progress: bool = True) -> ClassConditionalUNet:
-    """DDPM pretraining on the real training digits, through the same DeepSpeed trainer as GRAFT."""
+    """DDPM pretraining on the real training digits, through the same DeepSpeed trainer as GRAFT.
+
+    Collective under several ranks: data-parallel with the same global batch (so the same rows
+    and noise draws as one process; the weights agree within float tolerance).
+    """
     u = cfg.unet
+    w = world_size()
+    if u.pretrain_batch % w:
+        raise ConfigError(f"task.unet.pretrain_batch={u.pretrain_batch} must be divisible by the {w} ranks")
     torch.manual_seed(u.seed)
     model = ClassConditionalUNet.from_config(u, cfg.image_size, NUM_CLASSES)
     schedule = Schedule.from_scheduler_config(model.scheduler_config, 1)
     train_cfg = TrainConfig(
-        mode="full", lr=u.pretrain_lr, batch_size=u.pretrain_batch, cond_dropout=u.cond_dropout, weighting="none"
+        mode="full", lr=u.pretrain_lr, batch_size=u.pretrain_batch // w, cond_dropout=u.cond_dropout, weighting="none"
     )
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, train_cfg, null_label=model.null_label, seed=u.seed)
     trainer.train(
@@ -75,30 +83,34 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
     root = cache.cache_root(cfg.cache_dir)
     key = _data_key(cfg)
 
+    # Under several ranks (a shared cache folder): rank 0 trains and writes what is missing, the
+    # others wait and read the same files, so every rank scores with the same bits.
+    progress = progress and rank() == 0
     judge_path = cache.entry_path(root, cfg.name, "judge", {**key, **cfg.judge.model_dump()})
-    judge = JudgeNet(NUM_CLASSES, 1)
-    if judge_path.exists() and not force:
-        state, _ = cache.load_entry(judge_path)
-        judge.load_state_dict(state)
-        judge.eval().requires_grad_(False)
-    else:
+    if rank() == 0 and (force or not judge_path.exists()):
         judge = train_judge(decode(data.train_x), data.train_y, cfg.judge, progress)
         save_state(judge_path, judge.state_dict(), {"kind": "judge"})
+    barrier()
+    judge = JudgeNet(NUM_CLASSES, 1)
+    state, _ = cache.load_entry(judge_path)
+    judge.load_state_dict(state)
+    judge.eval().requires_grad_(False)
     judge_acc = accuracy(judge, decode(data.test_x), data.test_y)
 
     base_key = {**key, **cfg.unet.model_dump(mode="json")}
     base_path = cache.entry_path(root, cfg.name, "base", base_key)
+    if broadcast_object(force or not base_path.exists()):
+        base = pretrain_base(cfg, data, progress)  # collective
+        if rank() == 0:
+            save_state(base_path, base.state_dict(), {"kind": "base", "config": base_key})
+        barrier()
     base = ClassConditionalUNet.from_config(cfg.unet, cfg.image_size, NUM_CLASSES)
-    if base_path.exists() and not force:
-        state, _ = cache.load_entry(base_path)
-        try:
-            base.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"cached model {base_path} does not match its config: {exc}") from None
-        base.eval().requires_grad_(False)
-    else:
-        base = pretrain_base(cfg, data, progress)
-        save_state(base_path, base.state_dict(), {"kind": "base", "config": base_key})
+    state, _ = cache.load_entry(base_path)
+    try:
+        base.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"cached model {base_path} does not match its config: {exc}") from None
+    base.eval().requires_grad_(False)
 
     reward = JudgeReward(judge)
     real_reward = float(reward(decode(data.test_x), data.test_y).mean())

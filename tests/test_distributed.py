@@ -1,0 +1,97 @@
+"""2 ranks through the deepspeed launcher: ZeRO 2 and 3, full and LoRA, equal to one rank; faults.
+
+Each 2-rank run uses micro-batch 2 per rank, the 1-rank reference micro-batch 4: the same global
+batch. Rollouts are seeded per chunk and the batch stream is shared, so both see the same samples,
+the same selected rows and the same noise draws; what may differ is float rounding in the
+gradient average. AdamW turns that rounding into visible weight differences only for parameters
+whose gradients are ~0 (its first steps move by ±lr whatever the gradient's size), so the weights
+are compared through their update from the base (relative), and the losses and rewards tightly.
+"""
+
+import signal
+import time
+
+import pytest
+import torch
+from launch import finish, one_rank, raw_ranks, results, two_ranks, wait_for, weights
+
+from pgraft.engine.distributed import Watchdog
+
+
+def _base_weights(cache):
+    from launch import TINY_TRAIN
+
+    from pgraft.config import TrainRunConfig, load
+    from pgraft.tasks import prepare_task
+
+    task = prepare_task(load(TrainRunConfig, TINY_TRAIN).task.model_copy(update={"cache_dir": cache}), progress=False)
+    return task.base.state_dict()
+
+
+@pytest.fixture(scope="module")
+def one_rank_runs(train_cache, tmp_path_factory):
+    runs = {}
+    for mode in ("full", "lora"):
+        out = tmp_path_factory.mktemp(f"one-{mode}")
+        finish(one_rank(out, train_cache, [f"method.train.mode={mode}", "method.train.batch_size=4"]))
+        runs[mode] = out
+    return runs
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank_runs, tmp_path, mode, stage):
+    out = tmp_path / "run"
+    sets = [f"method.train.mode={mode}", "method.train.batch_size=2", f"method.train.zero_stage={stage}"]
+    log = finish(two_ranks(out, train_cache, sets))
+    assert "2 rank(s); weights identical across ranks: True" in log
+    two, one = results(out), results(one_rank_runs[mode])
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    digests = two["param_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]  # bit-identical across the ranks
+
+    # Same samples, same selection, same data: per-round statistics agree to float precision.
+    for h2, h1 in zip(two["history"], one["history"], strict=True):
+        assert h2["accepted"] == h1["accepted"] and h2["samples_drawn"] == h1["samples_drawn"]
+        assert h2["rollout_reward_mean"] == pytest.approx(h1["rollout_reward_mean"], rel=1e-5)
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5)
+    m2, m1 = two["models"]["pgraft"], one["models"]["pgraft"]
+    assert m2["reward_mean"] == pytest.approx(m1["reward_mean"], abs=1e-3)
+
+    # The update from the base agrees (relative L2); under LoRA the base weights are untouched.
+    base = _base_weights(train_cache)
+    w2, w1 = weights(out), weights(one_rank_runs[mode])
+    assert set(w2) == set(w1)
+    if mode == "full":
+        d1 = torch.cat([(w1[k].double() - base[k].double()).flatten() for k in sorted(w1)])
+        d2 = torch.cat([(w2[k].double() - base[k].double()).flatten() for k in sorted(w1)])
+    else:  # the adapter's weights are the update; the frozen base must be bit-identical
+        for k, v in w2.items():
+            if "lora_" not in k:
+                torch.testing.assert_close(v, w1[k], rtol=0, atol=0)
+        d1 = torch.cat([w1[k].double().flatten() for k in sorted(w1) if "lora_B" in k])
+        d2 = torch.cat([w2[k].double().flatten() for k in sorted(w1) if "lora_B" in k])
+    assert float(d1.norm()) > 0
+    assert float((d2 - d1).norm() / d1.norm()) < 0.05
+
+
+LONG = ["method.rounds=50", "method.train.steps_per_round=50", "distributed.timeout_s=8"]
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_a_dead_or_hung_rank_makes_the_other_exit_with_a_clear_message(train_cache, tmp_path, fault):
+    procs = raw_ranks(tmp_path / "run", train_cache, LONG)
+    try:
+        wait_for(lambda: (tmp_path / "run" / "checkpoints" / "latest").exists(), proc=procs[0])
+        procs[1].send_signal(fault)
+        t0 = time.time()
+        out, _ = procs[0].communicate(timeout=60)
+        waited = time.time() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == Watchdog.EXIT_CODE, out[-3000:]
+    assert "rank 0" in out and ("rank 1 made no progress" in out or "another rank died or hung" in out), out[-3000:]
+    assert waited < 8 + 20  # the timeout, plus a heartbeat period and the process's exit
