@@ -10,7 +10,7 @@ TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 def test_api_example_runs(tmp_path, monkeypatch, capsys):
-    code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
+    code = "\n".join(re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S))  # the blocks build on each other
     tiny_task = {**yaml.safe_load(TINY.read_text())["task"], "cache_dir": str(tmp_path)}
     shrunk = (
         code.replace("TaskConfig()", f"TaskConfig.model_validate({tiny_task!r})")
@@ -18,6 +18,7 @@ def test_api_example_runs(tmp_path, monkeypatch, capsys):
         .replace('"k": 4', '"k": 2')
         .replace('"steps_per_round": 100', '"steps_per_round": 2')
         .replace("samples_per_class=50", "samples_per_class=2")
+        .replace('"runs/mine', '"' + str(tmp_path / "mine"))
     )
     shrunk = shrunk.replace("PGraftConfig.model_validate({", 'PGraftConfig.model_validate({"sampler": {"steps": 8},')
     assert shrunk.count("model_validate") == 2
@@ -25,3 +26,4 @@ def test_api_example_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()  # DeepSpeed logs to stdout too: match our lines only
     assert [line.split()[0] for line in out if re.fullmatch(r"\d+ [-\d.e]+ \d+", line)] == ["0", "1"]
     assert sum(line.startswith(("base ", "p-graft ")) for line in out) == 2
+    assert (tmp_path / "mine" / "checkpoints" / "latest").read_text().startswith("ckpt-r00002")

@@ -6,6 +6,7 @@ from torch import nn
 
 from pgraft.config import TrainConfig
 from pgraft.engine.train import DenoisingTrainer, TrainingData, dsm_loss, make_trainable
+from pgraft.errors import ConfigError
 from pgraft.models.schedule import Schedule
 
 SCHED = Schedule.from_scheduler_config({"num_train_timesteps": 1000, "beta_schedule": "linear"}, 10)
@@ -78,3 +79,23 @@ def test_deepspeed_trainer_reduces_the_loss_and_lora_leaves_the_base_weights_alo
         assert sum(losses[-10:]) < 0.8 * sum(losses[:10]), mode
         for k, v in tiny_unet.state_dict().items():  # the base is never touched
             torch.testing.assert_close(v, before[k])
+
+
+def test_bf16_engine_with_warmup_learns_and_samples_in_float32(tiny_unet, digits8):
+    keep = digits8.train_y < 3
+    cfg = TrainConfig(lr=3e-3, batch_size=32, precision="bf16", zero_stage=1, warmup_steps=5)
+    model = make_trainable(tiny_unet, cfg)
+    trainer = DenoisingTrainer(model, AC[:100], cfg, null_label=3, seed=0)
+    losses = trainer.train(TrainingData(digits8.train_x[keep], digits8.train_y[keep]), 40, progress=False)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+    assert trainer.engine.get_lr() == [pytest.approx(3e-3)]  # the warm-up ended at the configured LR
+    with torch.no_grad():
+        out = trainer.sampling_model()(torch.randn(2, 1, 8, 8), torch.tensor([5, 5]), torch.tensor([1, 2]))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+def test_fp16_on_the_cpu_is_refused_with_the_reason(tiny_unet):
+    cfg = TrainConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        DenoisingTrainer(make_trainable(tiny_unet, cfg), AC[:100], cfg, null_label=3, seed=0)

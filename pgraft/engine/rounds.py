@@ -140,10 +140,11 @@ class PGraftLoop:
     # -- resume ------------------------------------------------------------------------------
     def resume(self, root: Path) -> Path | None:
         """Restore the newest complete checkpoint under ``root``, if any; returns its folder."""
-        path = Checkpointer(root).find()
+        checkpoints = Checkpointer(root)
+        path = checkpoints.find()
         if path is None:
             return None
-        state, rng, self.buffer = Checkpointer(root).load(path, self.trainer.engine)
+        state, rng, self.buffer = checkpoints.load(path, self.trainer.engine)
         state.pop("world_size")
         self.state = LoopState(**state)
         restore_rng(rng, self.trainer.generator)
@@ -286,26 +287,9 @@ class PGraftLoop:
             )  # fmt: skip
 
 
-def run_pgraft(
-    base: nn.Module,
-    reward_fn: RewardFn,
-    decode: Callable[[torch.Tensor], torch.Tensor],
-    num_conditions: int,
-    sample_shape: tuple[int, ...],
-    cfg: PGraftConfig,
-    *,
-    null_label: int | None = None,
-    keep_rounds: int = 1,
-    on_round: Callable[[RoundLog], None] | None = None,
-    progress: bool = True,
-    name: str = "pgraft",
-) -> PGraftRun:
-    """Run ``cfg.rounds`` rounds of P-GRAFT at ``cfg.n_i`` (no checkpoints) and return the composed policy."""
-    loop = PGraftLoop(
-        base, reward_fn, decode, num_conditions, sample_shape, cfg,
-        null_label=null_label, keep_rounds=keep_rounds, on_round=on_round, progress=progress, name=name,
-    )  # fmt: skip
-    return loop.run()
+def run_pgraft(*args, **kwargs) -> PGraftRun:
+    """Run ``cfg.rounds`` rounds of P-GRAFT (PGraftLoop's arguments; no checkpoints) and return the composed policy."""
+    return PGraftLoop(*args, **kwargs).run()
 
 
 def history_dicts(run: PGraftRun) -> list[dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import DemoConfig, EvalConfig, PGraftConfig, SweepConfig
 from ..engine.compose import Policy
 from ..engine.evaluate import Evaluation, evaluate
-from ..engine.rounds import PGraftRun, run_pgraft
+from ..engine.rounds import PGraftLoop, PGraftRun
 from ..models.schedule import Schedule
 from ..tasks import Task, prepare_task
 from .run_dir import RunDir
@@ -51,11 +51,9 @@ def evaluate_on_task(
     )
 
 
-def run_method(task: Task, method: PGraftConfig, run: RunDir, name: str) -> PGraftRun:
-    def on_round(entry):
-        run.log(name, entry.round, vars(entry))
-
-    result = run_pgraft(
+def task_loop(task: Task, method: PGraftConfig, **options) -> PGraftLoop:
+    """The P-GRAFT loop of ``method`` on an embedded task (``options``: PGraftLoop's keywords)."""
+    return PGraftLoop(
         task.base,
         task.reward,
         task.decode,
@@ -63,9 +61,15 @@ def run_method(task: Task, method: PGraftConfig, run: RunDir, name: str) -> PGra
         task.sample_shape,
         method,
         null_label=task.base.null_label,
-        on_round=on_round,
-        name=name,
+        **options,
     )
+
+
+def run_method(task: Task, method: PGraftConfig, run: RunDir, name: str) -> PGraftRun:
+    def on_round(entry):
+        run.log(name, entry.round, vars(entry))
+
+    result = task_loop(task, method, on_round=on_round, name=name).run()
     run.save_model(
         name, result.model, {"n_i": result.n_i, "mode": method.train.mode, "sampler_steps": result.schedule.steps}
     )

@@ -19,10 +19,9 @@ import torch
 from ..config import TrainRunConfig, to_yaml
 from ..engine.checkpoint import Checkpointer
 from ..engine.distributed import Watchdog, all_gather_rows, barrier, ensure_distributed, rank, world_size
-from ..engine.rounds import PGraftLoop
 from ..report import plot_reward_per_round, save_grid, table
 from ..tasks import prepare_task
-from .common import evaluate_on_task, model_summary
+from .common import evaluate_on_task, model_summary, task_loop
 from .run_dir import RunDir
 
 log = logging.getLogger("pgraft")
@@ -62,14 +61,9 @@ def _train(cfg: TrainRunConfig, out: Path, resume: Path | None, force: bool, sta
         if lead:
             run.log(name, entry.round, vars(entry))
 
-    loop = PGraftLoop(
-        task.base,
-        task.reward,
-        task.decode,
-        task.num_classes,
-        task.sample_shape,
+    loop = task_loop(
+        task,
         method,
-        null_label=task.base.null_label,
         keep_rounds=cfg.keep_rounds,
         on_round=on_round,
         name=name,
