@@ -78,6 +78,7 @@ def evaluate(
     *,
     guidance_scale: float = 1.0,
     null_label: int | None = None,
+    device: torch.device | str | None = None,
     progress: bool = False,
     desc: str = "evaluate",
 ) -> Evaluation:
@@ -93,11 +94,12 @@ def evaluate(
         null_label=null_label,
         batch_size=cfg.batch_size,
         shard=True,  # ranks share the sampling; every rank then scores all samples alike
+        device=device,
         progress=progress,
         desc=desc,
     ).gathered()
-    images = decode(out.x0)
-    rewards = score(reward_fn, images, labels)
+    images = decode(out.x0).cpu()
+    rewards = score(reward_fn, images, labels).cpu()
     finite = torch.isfinite(rewards)
     mean, ci = mean_ci95(rewards[finite])
     per_class = [float(rewards[(labels == c) & finite].mean()) for c in range(num_classes)]

@@ -96,6 +96,7 @@ def rollout(
     null_label: int | None = None,
     batch_size: int = 512,
     shard: bool = False,
+    device: torch.device | str | None = None,
     progress: bool = False,
     desc: str = "rollout",
 ) -> Rollout:
@@ -103,6 +104,8 @@ def rollout(
 
     ``seed`` is a tuple of seed parts (:func:`pgraft.seeding.derive_seed`); with ``shard`` this
     rank samples only its share of the chunks, and the result's ``start`` says where it begins.
+    Noise is drawn on the CPU (reproducible everywhere) and sampling runs on ``device`` (default:
+    the CPU); x_0 and x_{N_I} come back on that device.
     """
     start, stop = shard_range(cond.shape[0], batch_size) if shard else (0, cond.shape[0])
     x0s, xnis = [], []
@@ -110,12 +113,12 @@ def rollout(
     for lo in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         gen = generator(*seed, "chunk", lo // batch_size)
         c = cond[lo : min(lo + batch_size, stop)]
-        x = torch.randn((c.shape[0], *sample_shape), generator=gen)
+        x = torch.randn((c.shape[0], *sample_shape), generator=gen).to(device or "cpu")
         x0, kept = run_chain(
             policy,
             schedule,
             x,
-            c,
+            c.to(x.device),
             gen,
             keep=(n_i,) if n_i > 0 else (),
             guidance_scale=guidance_scale,
@@ -123,7 +126,7 @@ def rollout(
         )
         x0s.append(x0)
         xnis.append(kept[n_i] if n_i > 0 else x0)
-    empty = torch.empty((0, *sample_shape))
+    empty = torch.empty((0, *sample_shape), device=device)
     x0 = torch.cat(x0s) if x0s else empty
     x_ni = torch.cat(xnis) if xnis else empty
     return Rollout(x0, x_ni, cond[start:stop].clone(), n_i, start)

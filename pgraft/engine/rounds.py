@@ -59,6 +59,7 @@ class PGraftRun:
     n_i: int
     history: list[RoundLog] = field(default_factory=list)
     wall_s: float = 0.0
+    device: torch.device = torch.device("cpu")  # where the policy samples
 
     @property
     def samples_drawn(self) -> int:
@@ -127,6 +128,8 @@ class PGraftLoop:
             self.model, self.schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed,
             timeout_s=timeout_s,
         )  # fmt: skip
+        self.device = self.trainer.device
+        self.base = base.to(self.device)  # the frozen base samples below N_I beside the trained network
         self.progress = progress and rank() == 0
         # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
         # before each append, so a full buffer would be a bug: refuse rather than evict silently.
@@ -214,6 +217,7 @@ class PGraftLoop:
             cfg.n_i,
             [RoundLog(**h) for h in st.history],
             st.wall_s + (time.time() - started),
+            self.device,
         )
 
     def _after_step(self, loss: float, started: float) -> None:
@@ -249,11 +253,12 @@ class PGraftLoop:
             null_label=self.null_label,
             batch_size=cfg.rollout_batch,
             shard=True,
+            device=self.device,
             progress=self.progress,
             desc=f"{self.name} r{k} rollout",
         )
         images = self.decode(traj.x0)
-        rewards = all_gather_rows(score(self.reward_fn, images, traj.cond))  # the whole [G·M] table
+        rewards = all_gather_rows(score(self.reward_fn, images, traj.cond)).cpu()  # the whole [G·M] table
         samples = all_gather_rows(images) if cfg.select.rule == "dedup" else None
         sel = select(rewards.view(g, m), cfg.select, generator=generator(cfg.seed, "select", k), samples=samples)
         if sel.invalid:

@@ -247,6 +247,8 @@ class DenoisingTrainer:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
         self.model = model
+        self.device = torch.device(self.engine.device)  # where DeepSpeed put the network
+        self.alphas_cumprod = self.alphas_cumprod.to(self.device)
         self.steps_done = 0
         self.stream: BatchStream | None = None
 
@@ -304,14 +306,15 @@ class DenoisingTrainer:
                     n, tuple(x.shape[1:]), data.level, self.alphas_cumprod.numel(), self.generator,
                     data.t_min + self.cfg.t_margin,
                 )  # fmt: skip
+                dev = self.device
                 loss = dsm_loss_at(
                     self.engine,
-                    x,
-                    cond,
+                    x.to(dev, non_blocking=True),
+                    cond.to(dev, non_blocking=True),
                     data.level,
                     self.alphas_cumprod,
-                    t[lo:hi],
-                    eps[lo:hi],
+                    t[lo:hi].to(dev),
+                    eps[lo:hi].to(dev, non_blocking=True),
                     weighting=self.cfg.weighting,
                     prediction_type=self.prediction_type,
                 )

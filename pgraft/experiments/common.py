@@ -33,7 +33,7 @@ def start_experiment(cfg: DemoConfig | SweepConfig, out: str | Path, force: bool
 
 
 def evaluate_on_task(
-    task: Task, policy: Policy, schedule: Schedule, method: PGraftConfig, cfg: EvalConfig, name: str
+    task: Task, policy: Policy, schedule: Schedule, method: PGraftConfig, cfg: EvalConfig, name: str, device=None
 ) -> Evaluation:
     return evaluate(
         policy,
@@ -46,6 +46,7 @@ def evaluate_on_task(
         cfg,
         guidance_scale=method.sampler.guidance_scale,
         null_label=task.base.null_label,
+        device=device,
         progress=True,
         desc=f"evaluate {name}",
     )

@@ -25,7 +25,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
     for name, n_i in (("graft", 0), ("pgraft", cfg.pgraft_n_i)):
         method = m.model_copy(update={"n_i": n_i})
         result = run_method(task, method, run, name)
-        ev = evaluate_on_task(task, result.policy, schedule, method, cfg.eval, name)
+        ev = evaluate_on_task(task, result.policy, schedule, method, cfg.eval, name, result.device)
         models[name] = {**model_summary(ev, result.samples_drawn, result.wall_s + ev.wall_s), "n_i": n_i}
         curves[f"{name} (N_I={n_i})"] = [r.rollout_reward_mean for r in result.history]
         save_grid(ev.images, ev.labels, run.path / f"grid_{name}.png")

@@ -69,7 +69,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
         method = m.model_copy(update={"n_i": n_i})
         name = f"pgraft_ni{n_i}"
         result = run_method(task, method, run, name)
-        ev = evaluate_on_task(task, result.policy, schedule, method, cfg.eval, name)
+        ev = evaluate_on_task(task, result.policy, schedule, method, cfg.eval, name, result.device)
         cond_var = conditional_variance(
             task, schedule, n_i, cfg.diag_states_per_class, cfg.diag_completions, m.sampler.guidance_scale, m.seed
         )

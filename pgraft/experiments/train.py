@@ -79,7 +79,7 @@ def _train(cfg: TrainRunConfig, out: Path, resume: Path | None, force: bool, sta
         metrics = [{"scope": name, "step": h["round"], **h} for h in loop.state.history]
         run = RunDir(out, cfg, metrics=metrics, purge_step=loop.state.round if resumed_from else None)
     result = loop.run()
-    ev = evaluate_on_task(task, result.policy, loop.schedule, method, cfg.eval, name)
+    ev = evaluate_on_task(task, result.policy, loop.schedule, method, cfg.eval, name, result.device)
     digests = digests_of_all_ranks(result.model)
     if len(set(digests)) != 1:
         log.error("the ranks ended with different weights: %s", digests)
