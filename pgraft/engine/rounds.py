@@ -154,9 +154,11 @@ class PGraftLoop:
         log.info("%s: resumed from %s (round %d, step %d)", self.name, path.name, self.state.round, self.state.step)
         return path
 
-    def _checkpoint(self, started: float) -> None:
+    def _checkpoint(self) -> None:
         st = self.state
-        st.wall_s += time.time() - started
+        now = time.time()
+        st.wall_s += now - self._segment_start  # time up to this checkpoint, counted once
+        self._segment_start = now
         if st.in_round:
             st.stream = self.trainer.stream.state_dict()
         self.checkpointer.save(
@@ -176,7 +178,7 @@ class PGraftLoop:
         return Composed(model, base_view, self.cfg.n_i)
 
     def run(self) -> PGraftRun:
-        started = time.time()
+        self._segment_start = time.time()
         cfg, st = self.cfg, self.state
         for k in tqdm(range(st.round, cfg.rounds), desc=f"{self.name} rounds", disable=not self.progress):
             t0 = time.time()
@@ -193,7 +195,7 @@ class PGraftLoop:
                     cfg.train.steps_per_round - st.step,
                     progress=self.progress,
                     desc=f"{self.name} r{k} train",
-                    on_step=lambda _, loss: self._after_step(loss, started),
+                    on_step=lambda _, loss: self._after_step(loss),
                 )
             else:
                 log.warning("%s round %d: the rule accepted no sample; no training this round", self.name, k)
@@ -208,19 +210,18 @@ class PGraftLoop:
                 self.on_round(entry)
             st.round, st.in_round, st.step, st.losses, st.partial, st.stream = k + 1, False, 0, [], None, None
             if self.checkpointer is not None:
-                self._checkpoint(started)
-                started = time.time()
+                self._checkpoint()
         return PGraftRun(
             self.policy(),
             self.trainer.sampling_model().eval(),
             self.schedule,
             cfg.n_i,
             [RoundLog(**h) for h in st.history],
-            st.wall_s + (time.time() - started),
+            st.wall_s + (time.time() - self._segment_start),
             self.device,
         )
 
-    def _after_step(self, loss: float, started: float) -> None:
+    def _after_step(self, loss: float) -> None:
         st = self.state
         st.step += 1
         st.losses.append(loss)
@@ -231,7 +232,7 @@ class PGraftLoop:
             and st.step % every == 0
             and st.step < self.cfg.train.steps_per_round
         ):
-            self._checkpoint(started)
+            self._checkpoint()
 
     def _training_data(self) -> TrainingData:
         return training_data(self.buffer, self.cfg, self.schedule)
