@@ -30,22 +30,25 @@ def _base_weights(cache):
 
 @pytest.fixture(scope="module")
 def one_rank_runs(train_cache, tmp_path_factory):
+    """1-rank references with micro-batch 4: full and LoRA without accumulation, full with 2 micro-steps."""
     runs = {}
-    for mode in ("full", "lora"):
-        out = tmp_path_factory.mktemp(f"one-{mode}")
-        finish(one_rank(out, train_cache, [f"method.train.mode={mode}", "method.train.batch_size=4"]))
-        runs[mode] = out
+    for mode, accum in (("full", 1), ("lora", 1), ("full", 2)):
+        out = tmp_path_factory.mktemp(f"one-{mode}-{accum}")
+        sets = [f"method.train.mode={mode}", "method.train.batch_size=4", f"method.train.grad_accum={accum}"]
+        finish(one_rank(out, train_cache, sets))
+        runs[mode, accum] = out
     return runs
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank_runs, tmp_path, mode, stage):
+@pytest.mark.parametrize(
+    "mode,stage,accum", [("full", 2, 1), ("full", 3, 1), ("lora", 2, 1), ("lora", 3, 1), ("full", 2, 2)]
+)
+def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank_runs, tmp_path, mode, stage, accum):
     out = tmp_path / "run"
     sets = [f"method.train.mode={mode}", "method.train.batch_size=2", f"method.train.zero_stage={stage}"]
-    log = finish(two_ranks(out, train_cache, sets))
+    log = finish(two_ranks(out, train_cache, sets + [f"method.train.grad_accum={accum}"]))
     assert "2 rank(s); weights identical across ranks: True" in log
-    two, one = results(out), results(one_rank_runs[mode])
+    two, one = results(out), results(one_rank_runs[mode, accum])
     assert two["world_size"] == 2 and one["world_size"] == 1
     digests = two["param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # bit-identical across the ranks
@@ -60,7 +63,7 @@ def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank
 
     # The update from the base agrees (relative L2); under LoRA the base weights are untouched.
     base = _base_weights(train_cache)
-    w2, w1 = weights(out), weights(one_rank_runs[mode])
+    w2, w1 = weights(out), weights(one_rank_runs[mode, accum])
     assert set(w2) == set(w1)
     if mode == "full":
         d1 = torch.cat([(w1[k].double() - base[k].double()).flatten() for k in sorted(w1)])
