@@ -47,7 +47,7 @@ class JudgeConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    name: Literal["digits"] = "digits"
+    name: Literal["digits", "animals"] = "digits"
     image_size: int = Field(16, ge=8, le=64)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0

@@ -49,7 +49,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
     rows = [{"model": k, **v} for k, v in models.items()]
     print(table(rows, COLUMNS))
     print(
-        f"judge held-out accuracy {task.judge_accuracy:.4f}; real test digits' mean reward {task.real_reward_mean:.4f}"
+        f"judge held-out accuracy {task.judge_accuracy:.4f}; real test images' mean reward {task.real_reward_mean:.4f}"
     )
     print(f"wrote {run.path / 'results.json'}")
     return results

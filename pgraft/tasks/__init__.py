@@ -1,5 +1,10 @@
 """Embedded tasks: real data shipped inside a package, a pretrained base model, a judge reward.
 
+``digits``: scikit-learn's handwritten digits, a class-conditional UNet2DModel. ``animals``: the
+animal-shape-mnist silhouettes, a UNet2DConditionModel conditioned on all-MiniLM-L6-v2 token
+embeddings of captions. In both the condition is an integer (class label / prompt id) and the
+reward is a judge classifier's probability of the prompted class.
+
 ``prepare_task(cfg)`` returns everything the engine needs; pretrained parts come from the cache
 (keyed by a hash of their config) or are trained once and stored there.
 """
@@ -11,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from ..config import TaskConfig, TrainConfig
 from ..engine.distributed import barrier, broadcast_object, rank, world_size
@@ -20,20 +26,61 @@ from ..io import save_state
 from ..models.schedule import Schedule
 from ..models.unet import ClassConditionalUNet
 from ..rewards.judge import JudgeReward
-from . import cache
-from .digits import NUM_CLASSES, DigitsData, decode, load_digits_split
+from . import animals, cache, digits
+from .digits import ImageData, decode
 from .judge import JudgeNet, accuracy, train_judge
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What differs between the embedded tasks."""
+
+    num_classes: int
+    class_names: list[str]
+    load: Callable[[TaskConfig], ImageData]
+    build_base: Callable[[TaskConfig], nn.Module]  # untrained, the right architecture
+    pretraining_conditions: Callable[[TaskConfig, ImageData], torch.Tensor]
+    base_key: Callable[[TaskConfig], dict]  # what besides the UNet config defines the base model
+
+
+def _animals_base(cfg: TaskConfig) -> nn.Module:
+    from ..models.text_encoder import encode_captions
+    from ..models.text_unet import TextConditionalUNet
+
+    embeds, mask = encode_captions(animals.captions())
+    return TextConditionalUNet.from_config(cfg.unet, cfg.image_size, embeds, mask)
+
+
+SPECS = {
+    "digits": TaskSpec(
+        digits.NUM_CLASSES,
+        digits.CLASS_NAMES,
+        lambda c: digits.load_digits_split(c.image_size, c.test_fraction, c.split_seed),
+        lambda c: ClassConditionalUNet.from_config(c.unet, c.image_size, digits.NUM_CLASSES),
+        lambda c, d: d.train_y,
+        lambda c: {},
+    ),
+    "animals": TaskSpec(
+        animals.NUM_CLASSES,
+        animals.CLASS_NAMES,
+        lambda c: animals.load_animals_split(c.image_size, c.test_fraction, c.split_seed),
+        _animals_base,
+        lambda c, d: animals.pretraining_prompts(d.train_y, c.unet.seed),
+        lambda c: {"captions": animals.captions(), "text_encoder": "all-MiniLM-L6-v2"},
+    ),
+}
 
 
 @dataclass
 class Task:
     name: str
-    data: DigitsData
-    base: ClassConditionalUNet  # frozen, eval mode
+    data: ImageData
+    base: nn.Module  # frozen, eval mode: a denoiser (models/unet.py's contract)
     reward: JudgeReward
-    judge_accuracy: float  # held-out accuracy of the judge on real test digits
-    real_reward_mean: float  # mean reward of real test digits (the ceiling to compare with)
+    judge_accuracy: float  # held-out accuracy of the judge on the real test images
+    real_reward_mean: float  # mean reward of the real test images (the ceiling to compare with)
     num_classes: int
+    class_names: list[str]
     sample_shape: tuple[int, ...]
     decode: Callable[[torch.Tensor], torch.Tensor]
     paths: dict[str, str]
@@ -52,8 +99,8 @@ def _data_key(cfg: TaskConfig) -> dict:
     }
 
 
-def pretrain_base(cfg: TaskConfig, data: DigitsData, progress: bool = True) -> ClassConditionalUNet:
-    """DDPM pretraining on the real training digits, through the same DeepSpeed trainer as GRAFT.
+def pretrain_base(cfg: TaskConfig, data: ImageData, progress: bool = True) -> nn.Module:
+    """DDPM pretraining on the real training images, through the same DeepSpeed trainer as GRAFT.
 
     Collective under several ranks: data-parallel with the same global batch (so the same rows
     and noise draws as one process; the weights agree within float tolerance).
@@ -63,23 +110,28 @@ def pretrain_base(cfg: TaskConfig, data: DigitsData, progress: bool = True) -> C
     if u.pretrain_batch % w:
         raise ConfigError(f"task.unet.pretrain_batch={u.pretrain_batch} must be divisible by the {w} ranks")
     torch.manual_seed(u.seed)
-    model = ClassConditionalUNet.from_config(u, cfg.image_size, NUM_CLASSES)
+    spec = SPECS[cfg.name]
+    model = spec.build_base(cfg)
     schedule = Schedule.from_scheduler_config(model.scheduler_config, 1)
     train_cfg = TrainConfig(
         mode="full", lr=u.pretrain_lr, batch_size=u.pretrain_batch // w, cond_dropout=u.cond_dropout, weighting="none"
     )
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, train_cfg, null_label=model.null_label, seed=u.seed)
     trainer.train(
-        TrainingData(data.train_x, data.train_y, level=-1), u.pretrain_steps, progress=progress, desc="pretrain base"
+        TrainingData(data.train_x, spec.pretraining_conditions(cfg, data), level=-1),
+        u.pretrain_steps,
+        progress=progress,
+        desc="pretrain base",
     )
     return model.eval().requires_grad_(False)
 
 
 def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> Task:
-    if cfg.name != "digits":  # the config's Literal admits only the embedded tasks
+    if cfg.name not in SPECS:  # the config's Literal admits only the embedded tasks
         raise ValueError(f"unknown task {cfg.name!r}")
+    spec = SPECS[cfg.name]
     t0 = time.time()
-    data = load_digits_split(cfg.image_size, cfg.test_fraction, cfg.split_seed)
+    data = spec.load(cfg)
     root = cache.cache_root(cfg.cache_dir)
     key = _data_key(cfg)
 
@@ -91,20 +143,20 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
         judge = train_judge(decode(data.train_x), data.train_y, cfg.judge, progress)
         save_state(judge_path, judge.state_dict(), {"kind": "judge"})
     barrier()
-    judge = JudgeNet(NUM_CLASSES, 1)
+    judge = JudgeNet(spec.num_classes, 1)
     state, _ = cache.load_entry(judge_path)
     judge.load_state_dict(state)
     judge.eval().requires_grad_(False)
     judge_acc = accuracy(judge, decode(data.test_x), data.test_y)
 
-    base_key = {**key, **cfg.unet.model_dump(mode="json")}
+    base_key = {**key, **cfg.unet.model_dump(mode="json"), **spec.base_key(cfg)}
     base_path = cache.entry_path(root, cfg.name, "base", base_key)
     if broadcast_object(force or not base_path.exists()):
         base = pretrain_base(cfg, data, progress)  # collective
         if rank() == 0:
             save_state(base_path, base.state_dict(), {"kind": "base", "config": base_key})
         barrier()
-    base = ClassConditionalUNet.from_config(cfg.unet, cfg.image_size, NUM_CLASSES)
+    base = spec.build_base(cfg)
     state, _ = cache.load_entry(base_path)
     try:
         base.load_state_dict(state)
@@ -121,7 +173,8 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
         reward=reward,
         judge_accuracy=judge_acc,
         real_reward_mean=real_reward,
-        num_classes=NUM_CLASSES,
+        num_classes=spec.num_classes,
+        class_names=spec.class_names,
         sample_shape=(1, cfg.image_size, cfg.image_size),
         decode=decode,
         paths={"judge": str(judge_path), "base": str(base_path)},

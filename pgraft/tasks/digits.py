@@ -18,14 +18,16 @@ CLASS_NAMES = [str(i) for i in range(NUM_CLASSES)]
 
 
 @dataclass(frozen=True)
-class DigitsData:
+class ImageData:
+    """A labelled image data set split into train and held-out test."""
+
     train_x: torch.Tensor  # [N, 1, S, S] in [-1, 1]
     train_y: torch.Tensor  # [N] int64
     test_x: torch.Tensor
     test_y: torch.Tensor
 
 
-def load_digits_split(image_size: int = 16, test_fraction: float = 0.2, seed: int = 0) -> DigitsData:
+def load_digits_split(image_size: int = 16, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8] in [0,1]
     if image_size != 8:
@@ -35,7 +37,7 @@ def load_digits_split(image_size: int = 16, test_fraction: float = 0.2, seed: in
     idx = torch.arange(len(y)).numpy()
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=y.numpy())
     tr, te = torch.as_tensor(tr), torch.as_tensor(te)
-    return DigitsData(x[tr], y[tr], x[te], y[te])
+    return ImageData(x[tr], y[tr], x[te], y[te])
 
 
 def decode(x: torch.Tensor) -> torch.Tensor:
