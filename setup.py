@@ -35,6 +35,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "tensorboard>=2.16",
     "ninja",
+    "animal-shape-mnist==0.39",  # the animals task's real data (no dependencies)
 ]
 
 setup(
@@ -49,6 +50,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],
         "gpu": ["xformers==0.0.35"],
+        "vqascore": ["t2v_metrics"],  # the paper's reward (downloads its model on first use)
     },
     entry_points={"console_scripts": ["pgraft=pgraft.cli:main"]},
     # pgraft._C: csrc/ (plain C++17) exposed by the pybind11 module in bindings/.
