@@ -105,3 +105,20 @@ def test_vqascore_without_its_extra_names_the_extra():
             VQAScore(["a cat"])
     else:
         pytest.skip("t2v_metrics is installed here")
+
+
+def test_overlapped_scorer_returns_chunks_in_order_and_reraises():
+    from pgraft.rewards.overlap import OverlappedScorer
+
+    scorer = OverlappedScorer(lambda img, c: img.mean(dim=(1, 2, 3)) + c, lambda x: x.clamp(0, 1))
+    chunks = [torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for i, x in enumerate(chunks):
+        scorer.submit(x, torch.full((4,), float(i)))
+    images, rewards = scorer.results((1, 2, 2))
+    torch.testing.assert_close(images, torch.cat(chunks))
+    torch.testing.assert_close(rewards, torch.cat([x.mean(dim=(1, 2, 3)) + i for i, x in enumerate(chunks)]))
+
+    bad = OverlappedScorer(lambda img, c: img.mean(dim=(2, 3)), lambda x: x)  # [B, 1]: breaks the signature
+    bad.submit(torch.rand(2, 1, 2, 2), torch.zeros(2))
+    with pytest.raises(RewardError, match="shape"):
+        bad.results((1, 2, 2))

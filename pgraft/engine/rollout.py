@@ -10,6 +10,7 @@ produce exactly what one process would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -97,6 +98,7 @@ def rollout(
     batch_size: int = 512,
     shard: bool = False,
     device: torch.device | str | None = None,
+    on_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     progress: bool = False,
     desc: str = "rollout",
 ) -> Rollout:
@@ -105,7 +107,8 @@ def rollout(
     ``seed`` is a tuple of seed parts (:func:`pgraft.seeding.derive_seed`); with ``shard`` this
     rank samples only its share of the chunks, and the result's ``start`` says where it begins.
     Noise is drawn on the CPU (reproducible everywhere) and sampling runs on ``device`` (default:
-    the CPU); x_0 and x_{N_I} come back on that device.
+    the CPU); x_0 and x_{N_I} come back on that device. ``on_chunk(x0, cond)`` is called as each
+    chunk finishes (the reward pipeline scores it while the next chunk samples).
     """
     start, stop = shard_range(cond.shape[0], batch_size) if shard else (0, cond.shape[0])
     x0s, xnis = [], []
@@ -126,6 +129,8 @@ def rollout(
         )
         x0s.append(x0)
         xnis.append(kept[n_i] if n_i > 0 else x0)
+        if on_chunk is not None:
+            on_chunk(x0, c)
     empty = torch.empty((0, *sample_shape), device=device)
     x0 = torch.cat(x0s) if x0s else empty
     x_ni = torch.cat(xnis) if xnis else empty

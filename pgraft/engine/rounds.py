@@ -27,7 +27,8 @@ from ..buffer import TrajectoryBuffer
 from ..config import PGraftConfig, to_yaml
 from ..kernels.select import gather_rows
 from ..models.schedule import Schedule
-from ..rewards.base import RewardFn, score
+from ..rewards.base import RewardFn
+from ..rewards.overlap import OverlappedScorer
 from ..seeding import generator
 from .checkpoint import Checkpointer, checkpoint_name, restore_rng, rng_state
 from .compose import AdapterOff, Composed
@@ -243,6 +244,7 @@ class PGraftLoop:
         cfg, g, m = self.cfg, self.num_conditions, self.cfg.samples_per_condition
         conds = torch.arange(g).repeat_interleave(m)
         # Same rollout seeds whatever N_I: methods compared at one budget see common noise.
+        scorer = OverlappedScorer(self.reward_fn, self.decode)
         traj = rollout(
             self.policy(),
             self.schedule,
@@ -255,11 +257,12 @@ class PGraftLoop:
             batch_size=cfg.rollout_batch,
             shard=True,
             device=self.device,
+            on_chunk=scorer.submit,
             progress=self.progress,
             desc=f"{self.name} r{k} rollout",
         )
-        images = self.decode(traj.x0)
-        rewards = all_gather_rows(score(self.reward_fn, images, traj.cond)).cpu()  # the whole [G·M] table
+        images, mine = scorer.results(self.sample_shape)
+        rewards = all_gather_rows(mine).cpu()  # the whole [G·M] table
         samples = all_gather_rows(images) if cfg.select.rule == "dedup" else None
         sel = select(rewards.view(g, m), cfg.select, generator=generator(cfg.seed, "select", k), samples=samples)
         if sel.invalid:
