@@ -36,18 +36,21 @@ def build_text_unet(cfg: UNetConfig, image_size: int, cross_attention_dim: int, 
 
 
 class TextConditionalUNet(nn.Module):
+    """``prompt_mask`` None: the UNet attends to every token (Stable Diffusion's convention)."""
+
     def __init__(
         self,
         unet: UNet2DConditionModel,
         prompt_embeds: torch.Tensor,
-        prompt_mask: torch.Tensor,
+        prompt_mask: torch.Tensor | None,
         prediction_type: str,
         scheduler_config: dict,
     ):
         super().__init__()
         self.unet = unet
-        self.register_buffer("prompt_embeds", prompt_embeds.float())  # [P, L, D]; row P-1: ""
-        self.register_buffer("prompt_mask", prompt_mask.bool())  # [P, L]
+        self.register_buffer("prompt_embeds", prompt_embeds.float())  # [P, L, D]; row P-1: null prompt
+        self.prompt_mask: torch.Tensor | None
+        self.register_buffer("prompt_mask", None if prompt_mask is None else prompt_mask.bool())  # [P, L]
         self.prediction_type = prediction_type
         self.scheduler_config = dict(scheduler_config)
 
@@ -62,7 +65,7 @@ class TextConditionalUNet(nn.Module):
             x.to(dtype),
             t,
             encoder_hidden_states=self.prompt_embeds[cond].to(dtype),
-            encoder_attention_mask=self.prompt_mask[cond],
+            encoder_attention_mask=None if self.prompt_mask is None else self.prompt_mask[cond],
         ).sample.float()
 
     @classmethod
