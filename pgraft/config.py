@@ -93,6 +93,8 @@ class TrainConfig(_Strict):
     mode: Literal["full", "lora"] = "full"
     lora_rank: int = Field(8, ge=1, le=256)
     lora_alpha: float = Field(8.0, gt=0)
+    # Module names PEFT wraps; None: attention projections, ResNet convolutions, time projections.
+    lora_targets: Optional[list[str]] = Field(None, min_length=1)
     # dsm_from_xni: DSM from the accepted x_{N_I} at level s (ours, default, METHOD.md §2);
     # dsm_from_x0: ordinary DSM on the accepted x_0 with t restricted to t > s (ours, option).
     loss: Literal["dsm_from_xni", "dsm_from_x0"] = "dsm_from_xni"
@@ -198,6 +200,38 @@ class DistributedConfig(_Strict):
     timeout_s: float = Field(600.0, gt=0)
 
 
+RewardName = Literal["vqascore", "clip_score", "aesthetic", "jpeg_compressibility", "jpeg_incompressibility"]
+
+
+class RewardTerm(_Strict):
+    name: RewardName
+    weight: float = 1.0
+    clip_path: Optional[Path] = None  # clip_score, aesthetic: a local CLIPModel folder
+    head_path: Optional[Path] = None  # aesthetic: the LAION predictor's weights
+    model: str = "clip-flant5-xxl"  # vqascore: the t2v_metrics scoring model
+
+    @model_validator(mode="after")
+    def _paths(self):
+        if self.name in ("clip_score", "aesthetic") and self.clip_path is None:
+            raise ValueError(f"reward {self.name} needs clip_path (a local CLIP model folder)")
+        if self.name == "aesthetic" and self.head_path is None:
+            raise ValueError("reward aesthetic needs head_path (the predictor's weights)")
+        return self
+
+
+class StableDiffusionConfig(_Strict):
+    """A local Stable Diffusion 1.x/2.x folder and the prompt set to align it on."""
+
+    path: Path
+    prompts: Path  # .txt (one a line) or .jsonl ({"prompt": ...})
+    eval_prompts: Optional[Path] = None  # default: hold out eval_fraction of `prompts`
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    negative_prompt: str = ""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU
+    decode_batch: int = Field(8, ge=1)
+    attention: Literal["auto", "xformers", "sdpa"] = "auto"
+
+
 class TrainRunConfig(_Strict):
     """`pgraft train`: one P-GRAFT run across ranks, checkpointed and resumable."""
 
@@ -207,6 +241,17 @@ class TrainRunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     distributed: DistributedConfig = DistributedConfig()
+    # Stable Diffusion instead of the embedded task: the model, its prompts and the reward terms.
+    stable_diffusion: Optional[StableDiffusionConfig] = None
+    reward: list[RewardTerm] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _reward_goes_with_sd(self):
+        if self.stable_diffusion is not None and not self.reward:
+            raise ValueError("stable_diffusion needs at least one reward term (reward: [{name: vqascore}])")
+        if self.stable_diffusion is None and self.reward:
+            raise ValueError("reward terms apply to stable_diffusion runs; embedded tasks use their judge")
+        return self
 
 
 C = TypeVar("C", bound=BaseModel)

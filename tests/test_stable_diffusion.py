@@ -61,3 +61,51 @@ def test_a_folder_missing_a_component_is_named(tmp_path, sd_folder):
     shutil.rmtree(broken / "vae")
     with pytest.raises(ConfigError, match="missing component folder.*vae"):
         load_stable_diffusion(broken, PROMPTS)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+SD2 = ROOT / "configs" / "sd2_pgraft.yaml"
+
+
+def test_the_sd2_config_validates_and_builds_everything_but_the_weights(tmp_path, monkeypatch):
+    from pgraft import config as C
+    from pgraft.prompts import load_prompts, split_prompts
+    from pgraft.rewards.build import build_reward
+
+    monkeypatch.chdir(ROOT)  # the config's prompt path is relative to the repository
+    cfg = C.load(C.TrainRunConfig, SD2)
+    sd = cfg.stable_diffusion
+    assert cfg.method.train.mode == "lora" and cfg.method.sampler.steps == 50 and 0 < cfg.method.n_i < 50
+    train, held = split_prompts(load_prompts(sd.prompts), sd.eval_fraction, cfg.method.seed)
+    assert len(train) == 32 and len(held) == 8
+    try:
+        import t2v_metrics  # noqa: F401
+    except ImportError:  # what a user without the extra sees
+        from pgraft.errors import RewardError
+
+        with pytest.raises(RewardError, match="vqascore"):
+            build_reward(cfg.reward, [p.text for p in train])
+
+
+def test_pgraft_train_runs_the_sd2_recipe_on_a_tiny_model(tmp_path, monkeypatch, sd_folder):
+    """The shipped recipe end to end, shrunk: tiny SD in place of SD2, JPEG in place of VQAScore."""
+    import json
+
+    from pgraft.cli import main
+
+    monkeypatch.chdir(ROOT)
+    shrink = [
+        f"stable_diffusion.path={sd_folder}", "stable_diffusion.dtype=fp32", "reward=[{name: jpeg_incompressibility}]",
+        "method.samples_per_condition=2", "method.rounds=1", "method.rollout_batch=32", "method.select.k=1",
+        "method.sampler.steps=4", "method.n_i=1", "method.train.steps_per_round=2", "method.train.precision=fp32",
+        "method.train.zero_stage=0", "method.train.warmup_steps=0", "eval.samples_per_class=1", "eval.batch_size=8",
+        "checkpoint.every_steps=0",
+    ]  # fmt: skip
+    args = ["train", "--config", str(SD2), "--out", str(tmp_path / "run")]
+    for s in shrink:
+        args += ["--set", s]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["task"] == "stable_diffusion" and res["models"]["pgraft"]["n_i"] == 1
+    assert res["history"][0]["samples_drawn"] == 64 and res["history"][0]["accepted"] == 32
+    assert len(res["models"]["pgraft"]["per_class"]) == 8  # the held-out prompts

@@ -79,11 +79,14 @@ def evaluate(
     guidance_scale: float = 1.0,
     null_label: int | None = None,
     device: torch.device | str | None = None,
+    conditions: torch.Tensor | None = None,
     progress: bool = False,
     desc: str = "evaluate",
 ) -> Evaluation:
+    """``conditions``: the condition ids to evaluate (held-out prompts); default 0..num_classes-1."""
     t0 = time.time()
-    labels = torch.arange(num_classes).repeat_interleave(cfg.samples_per_class)
+    conditions = torch.arange(num_classes) if conditions is None else conditions
+    labels = conditions.repeat_interleave(cfg.samples_per_class)
     out = rollout(
         policy,
         schedule,
@@ -102,7 +105,7 @@ def evaluate(
     rewards = score(reward_fn, images, labels).cpu()
     finite = torch.isfinite(rewards)
     mean, ci = mean_ci95(rewards[finite])
-    per_class = [float(rewards[(labels == c) & finite].mean()) for c in range(num_classes)]
+    per_class = [float(rewards[(labels == c) & finite].mean()) for c in conditions.tolist()]
     acc = float((classify(images) == labels).float().mean()) if classify is not None else float("nan")
     return Evaluation(
         mean, ci, per_class, acc, diversity(images, labels), labels.numel(), time.time() - t0, images, labels

@@ -178,7 +178,8 @@ def make_trainable(base: nn.Module, cfg: TrainConfig, seed: int = 0) -> nn.Modul
         return model.train()
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    targets = cfg.lora_targets or LORA_TARGETS
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "lora-init"))
         model = get_peft_model(copy.deepcopy(base), lora)

@@ -39,7 +39,7 @@ def evaluate_on_task(
         policy,
         schedule,
         task.reward,
-        task.reward.classify,
+        getattr(task.reward, "classify", None),  # accuracy needs a classifier reward
         task.num_classes,
         task.sample_shape,
         task.decode,
@@ -47,6 +47,7 @@ def evaluate_on_task(
         guidance_scale=method.sampler.guidance_scale,
         null_label=task.base.null_label,
         device=device,
+        conditions=task.eval_conditions,
         progress=True,
         desc=f"evaluate {name}",
     )

@@ -21,6 +21,7 @@ from ..engine.checkpoint import Checkpointer
 from ..engine.distributed import Watchdog, all_gather_rows, barrier, ensure_distributed, rank, world_size
 from ..report import plot_reward_per_round, save_grid, table
 from ..tasks import prepare_task
+from ..tasks.stable_diffusion import prepare_sd_task
 from .common import evaluate_on_task, model_summary, task_loop
 from .run_dir import RunDir
 
@@ -52,7 +53,7 @@ def run_train(cfg: TrainRunConfig, out: str | Path, *, resume: str | Path | None
 
 
 def _train(cfg: TrainRunConfig, out: Path, resume: Path | None, force: bool, started: float) -> dict:
-    task = prepare_task(cfg.task, force=force)
+    task = prepare_sd_task(cfg) if cfg.stable_diffusion is not None else prepare_task(cfg.task, force=force)
     method, name = cfg.method, "pgraft"
     lead = rank() == 0
     run: RunDir | None = None
@@ -85,7 +86,7 @@ def _train(cfg: TrainRunConfig, out: Path, resume: Path | None, force: bool, sta
         log.error("the ranks ended with different weights: %s", digests)
     summary = {**model_summary(ev, result.samples_drawn, result.wall_s + ev.wall_s), "n_i": method.n_i}
     results = {
-        "task": cfg.task.name,
+        "task": task.name,
         "models": {name: summary},
         "world_size": world_size(),
         "param_digests": digests,

@@ -74,7 +74,7 @@ SPECS = {
 @dataclass
 class Task:
     name: str
-    data: ImageData
+    data: ImageData | None  # None for models brought by the user (Stable Diffusion)
     base: nn.Module  # frozen, eval mode: a denoiser (models/unet.py's contract)
     reward: JudgeReward
     judge_accuracy: float  # held-out accuracy of the judge on the real test images
@@ -85,6 +85,7 @@ class Task:
     decode: Callable[[torch.Tensor], torch.Tensor]
     paths: dict[str, str]
     pretrain_s: float
+    eval_conditions: torch.Tensor | None = None  # held-out condition ids; None: the training conditions
 
     def schedule(self, steps: int, kind: str = "ddim", eta: float = 1.0) -> Schedule:
         return Schedule.from_scheduler_config(self.base.scheduler_config, steps, kind, eta)
