@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue from RUN_DIR's newest complete checkpoint (config: RUN_DIR/config.yaml unless --config)",
     )
+    p = sub.add_parser("sample", help="images from a Stable Diffusion run with its composed (P-GRAFT) sampler")
+    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a finished `pgraft train` run folder")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--num", type=int, default=4, help="images to draw (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/samples)")
     return ap
 
 
@@ -86,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             run_sweep(C.load(C.SweepConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
         elif args.command == "train":
             return _train(args)
+        elif args.command == "sample":
+            from .experiments.sample import run_sample
+
+            if args.num < 1:
+                raise C.ConfigError(f"--num must be >= 1, got {args.num}")
+            for path in run_sample(args.run, args.prompt, args.num, args.seed, args.out):
+                print(path)
     except PgraftError as exc:
         print(f"pgraft: error: {exc}", file=sys.stderr)
         return 2

@@ -20,11 +20,12 @@ def write_vocab(folder: Path) -> None:
 
 
 def build_tiny_sd(path: Path, prediction_type: str = "epsilon") -> Path:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    """Written by StableDiffusionPipeline.save_pretrained, so diffusers' own loaders read it too."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
-    UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,
         sample_size=8,
@@ -35,8 +36,8 @@ def build_tiny_sd(path: Path, prediction_type: str = "epsilon") -> Path:
         cross_attention_dim=32,
         norm_num_groups=4,
         attention_head_dim=2,
-    ).save_pretrained(path / "unet")
-    AutoencoderKL(
+    )
+    vae = AutoencoderKL(
         block_out_channels=[8, 16],
         in_channels=3,
         out_channels=3,
@@ -45,8 +46,8 @@ def build_tiny_sd(path: Path, prediction_type: str = "epsilon") -> Path:
         latent_channels=4,
         norm_num_groups=4,
         sample_size=16,
-    ).save_pretrained(path / "vae")
-    CLIPTextModel(
+    )
+    text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=0,
             eos_token_id=1,
@@ -58,12 +59,12 @@ def build_tiny_sd(path: Path, prediction_type: str = "epsilon") -> Path:
             vocab_size=80,
             max_position_embeddings=77,
         )  # fmt: skip
-    ).save_pretrained(path / "text_encoder")
-    write_vocab(path / "tokenizer")
-    CLIPTokenizer(
-        str(path / "tokenizer" / "vocab.json"), str(path / "tokenizer" / "merges.txt"), model_max_length=77
-    ).save_pretrained(path / "tokenizer")
-    DDIMScheduler(
+    )
+    write_vocab(path / "vocab")
+    tokenizer = CLIPTokenizer(
+        str(path / "vocab" / "vocab.json"), str(path / "vocab" / "merges.txt"), model_max_length=77
+    )
+    scheduler = DDIMScheduler(
         beta_schedule="scaled_linear",
         beta_start=0.00085,
         beta_end=0.012,
@@ -72,5 +73,9 @@ def build_tiny_sd(path: Path, prediction_type: str = "epsilon") -> Path:
         steps_offset=1,
         prediction_type=prediction_type,
         timestep_spacing="leading",
-    ).save_pretrained(path / "scheduler")
+    )
+    StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(path)  # fmt: skip
     return path

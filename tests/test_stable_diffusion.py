@@ -101,11 +101,80 @@ def test_pgraft_train_runs_the_sd2_recipe_on_a_tiny_model(tmp_path, monkeypatch,
         "method.train.zero_stage=0", "method.train.warmup_steps=0", "eval.samples_per_class=1", "eval.batch_size=8",
         "checkpoint.every_steps=0",
     ]  # fmt: skip
-    args = ["train", "--config", str(SD2), "--out", str(tmp_path / "run")]
+    mode = "lora" if "epsilon" in sd_folder.name else "full"  # one of each across the two folders
+    shrink.append(f"method.train.mode={mode}")
+    run = tmp_path / "run"
+    args = ["train", "--config", str(SD2), "--out", str(run)]
     for s in shrink:
         args += ["--set", s]
     assert main(args) == 0
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    res = json.loads((run / "results.json").read_text())
     assert res["task"] == "stable_diffusion" and res["models"]["pgraft"]["n_i"] == 1
     assert res["history"][0]["samples_drawn"] == 64 and res["history"][0]["accepted"] == 32
     assert len(res["models"]["pgraft"]["per_class"]) == 8  # the held-out prompts
+
+    # Saved in diffusers' formats, with N_I in the metadata; `pgraft sample` reproduces the sampler.
+    from pgraft.models.export import read_meta
+
+    saved = run / "models" / ("lora" if mode == "lora" else "pipeline")
+    assert read_meta(saved)["n_i"] == 1
+    if mode == "full":
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.from_pretrained(saved, local_files_only=True)
+    assert (
+        main(["sample", "--run", str(run), "--prompt", "a red cube", "--num", "2", "--out", str(tmp_path / "a")]) == 0
+    )
+    assert (
+        main(["sample", "--run", str(run), "--prompt", "a red cube", "--num", "2", "--out", str(tmp_path / "b")]) == 0
+    )
+    pngs = sorted((tmp_path / "a").glob("sample_*.png"))
+    assert len(pngs) == 2
+    assert [p.read_bytes() for p in pngs] == [p.read_bytes() for p in sorted((tmp_path / "b").glob("sample_*.png"))]
+
+
+@torch.no_grad()
+def _engine_images(policy, sd, latents, steps, guidance):
+    from pgraft.engine.rollout import run_chain
+    from pgraft.models.schedule import Schedule
+
+    sched = Schedule.from_scheduler_config(sd.denoiser.scheduler_config, steps, "ddim", 0.0)
+    cond = torch.zeros(latents.shape[0], dtype=torch.long)
+    x0, _ = run_chain(
+        policy, sched, latents.clone(), cond, torch.Generator(), guidance_scale=guidance, null_label=sd.null_label
+    )
+    return sd.decode(x0)
+
+
+def test_saved_lora_loads_in_diffusers_and_reproduces_the_engine_images(sd_folder, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from pgraft.config import TrainConfig
+    from pgraft.engine.compose import Single
+    from pgraft.engine.train import make_trainable
+    from pgraft.models.export import read_meta, save_lora
+
+    sd = load_stable_diffusion(sd_folder, PROMPTS[:1], negative_prompt="blurry")
+    tuned = make_trainable(sd.denoiser, TrainConfig(mode="lora", lora_rank=4, lora_alpha=8.0,
+                                                    lora_targets=["to_q", "to_k", "to_v", "to_out.0"]))  # fmt: skip
+    with torch.no_grad():  # a non-trivial adapter (PEFT starts lora_B at zero)
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn_like(p))
+    tuned.eval()
+    save_lora(tuned, tmp_path / "lora", {"n_i": 0})
+    assert read_meta(tmp_path / "lora")["n_i"] == 0
+
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    ours = _engine_images(Single(tuned), sd, latents, 5, 3.0)
+    base = _engine_images(Single(sd.denoiser), sd, latents, 5, 3.0)
+    assert float((ours - base).abs().max()) > 1e-3  # the adapter changes the images
+
+    pipe = StableDiffusionPipeline.from_pretrained(sd_folder, safety_checker=None, local_files_only=True)
+    pipe.load_lora_weights(tmp_path / "lora")
+    emb = sd.denoiser.prompt_embeds
+    theirs = pipe(
+        prompt_embeds=emb[:1].expand(2, -1, -1), negative_prompt_embeds=emb[1:].expand(2, -1, -1),
+        latents=latents, num_inference_steps=5, guidance_scale=3.0, eta=0.0, output_type="pt",
+    ).images  # fmt: skip
+    torch.testing.assert_close(theirs.float(), ours, atol=2e-4, rtol=0)

@@ -24,6 +24,7 @@ from ..tasks import prepare_task
 from ..tasks.stable_diffusion import prepare_sd_task
 from .common import evaluate_on_task, model_summary, task_loop
 from .run_dir import RunDir
+from .sample import export_stable_diffusion
 
 log = logging.getLogger("pgraft")
 COLUMNS = ["model", "n_i", "reward_mean", "reward_ci95", "accuracy", "diversity", "samples_drawn", "wall_s"]
@@ -96,9 +97,10 @@ def _train(cfg: TrainRunConfig, out: Path, resume: Path | None, force: bool, sta
         "total_wall_s": time.time() - started,
     }
     if lead:
-        run.save_model(
-            name, result.model, {"n_i": method.n_i, "mode": method.train.mode, "sampler_steps": loop.schedule.steps}
-        )
+        meta = {"n_i": method.n_i, "mode": method.train.mode, "sampler_steps": loop.schedule.steps}
+        run.save_model(name, result.model, meta)
+        if cfg.stable_diffusion is not None:
+            export_stable_diffusion(cfg, result.model, run.path / "models", meta)
         save_grid(ev.images, ev.labels, run.path / f"grid_{name}.png")
         curve = {f"{name} (N_I={method.n_i})": [h.rollout_reward_mean for h in result.history]}
         plot_reward_per_round(curve, None, run.path / "reward_per_round.png")
