@@ -93,3 +93,12 @@ def test_corrupt_cached_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
 def test_bad_config_is_reported_not_raised(capsys):
     assert main(["demo", "--set", "method.select.k=100", "--set", "method.samples_per_condition=8"]) == 2
     assert "select.k=100 exceeds samples_per_condition=8" in capsys.readouterr().err
+
+
+def test_tiny_demo_on_the_animals_task(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRAFT_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--task", "animals", "--config", str(TINY), "--out", str(tmp_path / "demo")]) == 0
+    res = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert res["task"] == "animals" and set(res["models"]) == {"base", "graft", "pgraft"}
+    assert SCHEMA <= set(res["models"]["pgraft"])
+    assert res["task_info"]["judge_accuracy"] > 0.3  # 10 classes: well above chance even after 30 steps
