@@ -13,7 +13,7 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from ..config import UNetConfig
-from .unet import scheduler_config_for
+from .unet import scheduler_config_for, unet_layout
 
 
 def build_text_unet(cfg: UNetConfig, image_size: int, cross_attention_dim: int, channels: int = 1):
@@ -22,16 +22,9 @@ def build_text_unet(cfg: UNetConfig, image_size: int, cross_attention_dim: int, 
     down = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1)
     up = ["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"]
     return UNet2DConditionModel(
-        sample_size=image_size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
-        down_block_types=tuple(down),
-        up_block_types=tuple(up),
+        **unet_layout(cfg, image_size, channels, down, up),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=4,
-        norm_num_groups=min(8, min(cfg.block_out_channels)),
     )
 
 

@@ -22,24 +22,27 @@ class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
 
 
+def unet_layout(cfg: UNetConfig, image_size: int, channels: int, down: list[str], up: list[str]) -> dict:
+    """The constructor arguments every task UNet shares (diffusers UNet2DModel / UNet2DConditionModel)."""
+    return {
+        "sample_size": image_size,
+        "in_channels": channels,
+        "out_channels": channels,
+        "block_out_channels": tuple(cfg.block_out_channels),
+        "layers_per_block": cfg.layers_per_block,
+        "down_block_types": tuple(down),
+        "up_block_types": tuple(up),
+        "norm_num_groups": min(8, min(cfg.block_out_channels)),
+    }
+
+
 def build_class_unet(cfg: UNetConfig, image_size: int, num_classes: int, channels: int = 1) -> UNet2DModel:
     levels = len(cfg.block_out_channels)
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
     if cfg.attention:  # attention only at the coarsest level, where it is cheap
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
-    groups = min(8, min(cfg.block_out_channels))
-    return UNet2DModel(
-        sample_size=image_size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
-        down_block_types=tuple(down),
-        up_block_types=tuple(up),
-        num_class_embeds=num_classes + 1,
-        norm_num_groups=groups,
-    )
+    return UNet2DModel(**unet_layout(cfg, image_size, channels, down, up), num_class_embeds=num_classes + 1)
 
 
 class ClassConditionalUNet(nn.Module):
