@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue from RUN_DIR's newest complete checkpoint (config: RUN_DIR/config.yaml unless --config)",
     )
+    p = sub.add_parser("inc", help="inverse noise correction of a flow model: FID against FLOPs")
+    _common(p, "runs/inc")
     p = sub.add_parser("sample", help="images from a Stable Diffusion run with its composed (P-GRAFT) sampler")
     p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a finished `pgraft train` run folder")
     p.add_argument("--prompt", required=True)
@@ -92,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             run_sweep(C.load(C.SweepConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
         elif args.command == "train":
             return _train(args)
+        elif args.command == "inc":
+            from .experiments.inc import run_inc
+
+            run_inc(C.load(C.IncConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
         elif args.command == "sample":
             from .experiments.sample import run_sample
 

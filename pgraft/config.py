@@ -254,6 +254,58 @@ class TrainRunConfig(_Strict):
         return self
 
 
+class FlowModelConfig(_Strict):
+    """A flow-matching UNet and its training budget (inverse noise correction, METHOD.md §3)."""
+
+    block_out_channels: tuple[int, ...] = (24, 48, 48)
+    layers_per_block: int = Field(1, ge=1, le=4)
+    attention: bool = True
+    train_steps: int = Field(300, ge=1)
+    batch: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    seed: int = 0
+
+    def unet(self) -> UNetConfig:
+        return UNetConfig(
+            block_out_channels=self.block_out_channels, layers_per_block=self.layers_per_block, attention=self.attention
+        )
+
+
+class InversionConfig(_Strict):
+    max_iters: int = Field(50, ge=1)
+    tol: float = Field(1e-4, gt=0)  # max |update| of the fixed point, per step
+    data_noise: float = Field(0.0, ge=0)  # σ added to the data before inverting (the paper's 1e-3 when unstable)
+
+
+class IncEvalConfig(_Strict):
+    samples: int = Field(2000, ge=100)  # generated samples per FID
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=2)  # FID mean ± std over these
+    batch_size: int = Field(1000, ge=1)
+
+
+class IncConfig(_Strict):
+    """`pgraft inc`: the base flow at several step counts against base + correction, FID vs FLOPs."""
+
+    task: TaskConfig = TaskConfig()
+    base: FlowModelConfig = FlowModelConfig()
+    # About 4× fewer parameters than the base (half the channels), as in the paper.
+    corrector: FlowModelConfig = FlowModelConfig(block_out_channels=(12, 24, 24), train_steps=600)
+    base_steps: list[int] = Field(default_factory=lambda: [2, 4, 8, 16, 32], min_length=1)
+    pairs: list[tuple[int, int]] = Field(default_factory=lambda: [(4, 2), (8, 2)], min_length=1)  # (K, corrector steps)
+    inversion: InversionConfig = InversionConfig()
+    eval: IncEvalConfig = IncEvalConfig()
+
+    @model_validator(mode="after")
+    def _steps_positive(self):
+        for k in self.base_steps:
+            if k < 1:
+                raise ValueError(f"base_steps entries must be >= 1, got {k}")
+        for k, c in self.pairs:
+            if k < 1 or c < 1:
+                raise ValueError(f"pairs must be (K >= 1, corrector steps >= 1), got {(k, c)}")
+        return self
+
+
 C = TypeVar("C", bound=BaseModel)
 
 

@@ -36,6 +36,10 @@ class JudgeNet(nn.Module):
         """images in [0, 1] → class logits."""
         return self.net(images * 2 - 1)
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer (128-d): the feature space of "FID (judge features)"."""
+        return self.net[:-1](images * 2 - 1)
+
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     shifts = torch.randint(-1, 2, (2,), generator=g).tolist()
