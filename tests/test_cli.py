@@ -102,3 +102,28 @@ def test_tiny_demo_on_the_animals_task(tmp_path, monkeypatch):
     assert res["task"] == "animals" and set(res["models"]) == {"base", "graft", "pgraft"}
     assert SCHEMA <= set(res["models"]["pgraft"])
     assert res["task_info"]["judge_accuracy"] > 0.3  # 10 classes: well above chance even after 30 steps
+
+
+def test_tiny_inc_writes_the_documented_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("PGRAFT_CACHE", str(tmp_path / "cache"))
+    cfg = {
+        "task": yaml.safe_load(TINY.read_text())["task"],
+        "base": {"block_out_channels": [8, 16], "attention": False, "train_steps": 30, "batch": 32},
+        "corrector": {"block_out_channels": [4, 8], "attention": False, "train_steps": 30, "batch": 32},
+        "base_steps": [2, 4],
+        "pairs": [[4, 1]],
+        "inversion": {"max_iters": 10},
+        "eval": {"samples": 100, "seeds": [0, 1], "batch_size": 100},
+    }
+    (tmp_path / "inc.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["inc", "--config", str(tmp_path / "inc.yaml"), "--out", str(tmp_path / "inc")]) == 0
+    res = json.loads((tmp_path / "inc" / "results.json").read_text())
+    assert [(r["method"], r["base_steps"], r["corrector_steps"]) for r in res["rows"]] == [
+        ("base", 2, 0), ("base", 4, 0), ("base+inc", 4, 1)
+    ]  # fmt: skip
+    for r in res["rows"]:
+        assert r["fid"] >= 0 and r["fid_std"] >= 0 and r["flops_per_image"] > 0
+    base4, inc = res["rows"][1], res["rows"][2]
+    assert inc["flops_per_image"] > base4["flops_per_image"]  # the corrector's step costs something
+    assert set(res["inversion"]) >= {"recon_err_max", "recon_err_mean"}
+    assert (tmp_path / "inc" / "fid_vs_flops.png").exists()

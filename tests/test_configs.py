@@ -27,3 +27,9 @@ def test_train_configs_validate_and_spell_out_the_defaults():
         cfg = C.load(C.TrainRunConfig, CONFIGS / name)
         assert 0 < cfg.method.n_i < cfg.method.sampler.steps
         assert cfg.method.rollout_batch < cfg.method.samples_per_condition * 10  # shardable across 2 ranks
+
+
+def test_inc_config_spells_out_the_defaults():
+    assert C.load(C.IncConfig, CONFIGS / "digits_inc.yaml") == C.IncConfig()
+    with pytest.raises(C.ConfigError, match="pairs"):
+        C.build(C.IncConfig, {"pairs": [[16, 0]]})

@@ -109,3 +109,11 @@ def test_frechet_distance_of_gaussians():
     # closed form for N(0, I) vs N(m, 4I): |m|² + Σ (1 + 4 − 2·2) = 1 + 3
     assert frechet_distance(a, b) == pytest.approx(4.0, abs=0.1)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_uniform_flow_grid_steps_like_euler_by_hand():
+    sched = flow_schedule(4)
+    assert sched.timesteps.tolist() == [1000.0, 750.0, 500.0, 250.0]
+    x = torch.randn(3, 1, 2, 2)
+    out = euler(Steep(), sched, x)  # v = 5x: each step multiplies by (1 + 5·h), h = −1/4
+    torch.testing.assert_close(out, x * (1 - 5 / 4) ** 4)

@@ -20,15 +20,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..kernels import denoise_step
-from ..models.flow import NUM_TRAIN_TIMESTEPS, SCHEDULER_CONFIG
+from ..models.flow import NUM_TRAIN_TIMESTEPS
 from ..models.schedule import COEFFICIENTS, Schedule
 
 log = logging.getLogger("pgraft")
 
 
 def flow_schedule(steps: int) -> Schedule:
-    """K Euler steps from σ = 1 (noise) to σ = 0 (data), diffusers' FlowMatchEuler timetable."""
-    return Schedule.from_scheduler_config(SCHEDULER_CONFIG, steps, "flow")
+    """K Euler steps on the uniform grid σ = 1, 1 − 1/K, ..., 0 (noise → data)."""
+    return Schedule.flow_uniform(steps, NUM_TRAIN_TIMESTEPS)
 
 
 def _step_sizes(schedule: Schedule) -> torch.Tensor:

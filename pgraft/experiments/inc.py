@@ -72,7 +72,8 @@ def run_inc(cfg: IncConfig, out: str | Path, *, force: bool = False) -> dict:
         z, report = invert(base, flow_schedule(k), x, max_iters=inv.max_iters, tol=inv.tol, progress=True)
         inversion[k] = report.summary()
         run.log("inversion", k, {key: v for key, v in report.summary().items() if isinstance(v, (int, float))})
-        key = {**base_key, "base": cfg.base.model_dump(mode="json"), "K": k, "inversion": inv.model_dump()}
+        base_cfg = cfg.base.model_dump(mode="json")
+        key = {**base_key, "base": base_cfg, "K": k, "grid": "uniform", "inversion": inv.model_dump()}
         correctors[k] = _flow_model(root, task, cfg.corrector, z, f"corrector-K{k}", key, force)
     cost_corr = flops_per_forward(next(iter(correctors.values())), shape) if correctors else 0.0
 

@@ -118,6 +118,22 @@ class Schedule:
         return cls._ddpm_family(sched, kind, eta)
 
     @classmethod
+    def flow_uniform(cls, steps: int, num_train_timesteps: int = 1000) -> "Schedule":
+        """Euler on the uniform grid σ_i = 1 − i/K (i = 0..K), timestep σ·T: ODE only.
+
+        diffusers' FlowMatchEuler timetable spaces σ from 1 to 1/T and then jumps to 0, which
+        wastes a step at K ≤ 4 (its first step goes from σ = 1 to σ ≈ 1/T); few-step samplers such
+        as inverse noise correction's corrector need the uniform grid.
+        """
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        sig = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        s, dt = sig[:-1], sig[1:] - sig[:-1]
+        one, zero = torch.ones_like(s), torch.zeros_like(s)
+        coef = _stack(one, -s, zero, one, dt, zero)
+        return cls("flow", 0.0, "flow", None, s * num_train_timesteps, coef, None)
+
+    @classmethod
     def _ddpm_family(cls, sched, kind: str, eta: float) -> "Schedule":
         ac = sched.alphas_cumprod.to(torch.float64)
         ts = sched.timesteps.to(torch.int64)

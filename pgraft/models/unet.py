@@ -7,6 +7,7 @@ Label ``num_classes`` is the null label used for classifier-free guidance.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -32,7 +33,7 @@ def unet_layout(cfg: UNetConfig, image_size: int, channels: int, down: list[str]
         "layers_per_block": cfg.layers_per_block,
         "down_block_types": tuple(down),
         "up_block_types": tuple(up),
-        "norm_num_groups": min(8, min(cfg.block_out_channels)),
+        "norm_num_groups": math.gcd(8, *cfg.block_out_channels),  # GroupNorm needs groups | channels
     }
 
 
