@@ -41,6 +41,13 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pretrain", help="train (or verify the cache of) the task's base model and judge")
     _common(p, None)
+    p.add_argument(
+        "--model",
+        choices=["ddpm", "flow"],
+        default="ddpm",
+        help="ddpm: the engine's base model (config: a task section); flow: the rectified-flow base of "
+        "`pgraft inc` (config: an inc config)",
+    )
     p = sub.add_parser("demo", help="base vs GRAFT vs P-GRAFT at one sample budget")
     _common(p, "runs/demo")
     p = sub.add_parser("sweep", help="P-GRAFT at several N_I plus the Var[r | x_{N_I}] diagnostic")
@@ -74,7 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "pretrain":
+        if args.command == "pretrain" and args.model == "flow":
+            from .experiments.inc import flow_base
+            from .tasks import prepare_task
+
+            cfg = C.load(C.IncConfig, args.config, _overrides(args, "task."))
+            model = flow_base(cfg, prepare_task(cfg.task), force=args.force)
+            print(f"flow base model: {sum(p.numel() for p in model.parameters())} parameters, cached")
+        elif args.command == "pretrain":
             from .tasks import prepare_task
 
             cfg = C.load(C.TaskConfig, args.config, _overrides(args, ""))

@@ -127,3 +127,7 @@ def test_tiny_inc_writes_the_documented_results(tmp_path, monkeypatch):
     assert inc["flops_per_image"] > base4["flops_per_image"]  # the corrector's step costs something
     assert set(res["inversion"]) >= {"recon_err_max", "recon_err_mean"}
     assert (tmp_path / "inc" / "fid_vs_flops.png").exists()
+    cached = sorted((tmp_path / "cache" / "digits").glob("flow-base-*"))
+    assert len(cached) == 1  # `pgraft pretrain --model flow` finds the same cache entry
+    assert main(["pretrain", "--model", "flow", "--config", str(tmp_path / "inc.yaml")]) == 0
+    assert sorted((tmp_path / "cache" / "digits").glob("flow-base-*")) == cached

@@ -46,6 +46,16 @@ def _flow_model(
     return model
 
 
+def _base_key(cfg: IncConfig) -> dict:
+    return {"task": cfg.task.name, "image_size": cfg.task.image_size, "split_seed": cfg.task.split_seed}
+
+
+def flow_base(cfg: IncConfig, task: Task, force: bool = False) -> FlowUNet:
+    """The rectified-flow base model of the task (`pgraft pretrain --model flow`), cached by config."""
+    root = cache.cache_root(cfg.task.cache_dir)
+    return _flow_model(root, task, cfg.base, task.data.train_x, "flow-base", _base_key(cfg), force)
+
+
 @torch.no_grad()
 def _fid(task: Task, images: torch.Tensor, reference: torch.Tensor) -> float:
     return frechet_distance(task.reward.judge.features(images), reference)
@@ -56,9 +66,8 @@ def run_inc(cfg: IncConfig, out: str | Path, *, force: bool = False) -> dict:
     run = RunDir(out, cfg)
     task = prepare_task(cfg.task, force=force)
     data, shape = task.data, task.sample_shape
-    base_key = {"task": cfg.task.name, "image_size": cfg.task.image_size, "split_seed": cfg.task.split_seed}
-    root = cache.cache_root(cfg.task.cache_dir)
-    base = _flow_model(root, task, cfg.base, data.train_x, "flow-base", base_key, force)
+    root, base_key = cache.cache_root(cfg.task.cache_dir), _base_key(cfg)
+    base = flow_base(cfg, task, force)
     with torch.no_grad():
         reference = task.reward.judge.features(task.decode(data.test_x))
     cost_base = flops_per_forward(base, shape)
