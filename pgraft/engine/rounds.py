@@ -212,9 +212,10 @@ class PGraftLoop:
             st.round, st.in_round, st.step, st.losses, st.partial, st.stream = k + 1, False, 0, [], None, None
             if self.checkpointer is not None:
                 self._checkpoint()
+        policy = self.policy()  # gathers the weights once under ZeRO-3
         return PGraftRun(
-            self.policy(),
-            self.trainer.sampling_model().eval(),
+            policy,
+            policy.finetuned,
             self.schedule,
             cfg.n_i,
             [RoundLog(**h) for h in st.history],
