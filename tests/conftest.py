@@ -51,12 +51,8 @@ def _seed():
 @pytest.fixture(scope="session")
 def train_cache(tmp_path_factory):
     """A task cache holding configs/tiny_train.yaml's judge and base model, for `pgraft train` runs."""
-    from launch import TINY_TRAIN
-
-    from pgraft.config import TrainRunConfig, load
-    from pgraft.tasks import prepare_task
+    from launch import tiny_train_task
 
     cache = tmp_path_factory.mktemp("train-cache")
-    task_cfg = load(TrainRunConfig, TINY_TRAIN).task.model_copy(update={"cache_dir": cache})
-    prepare_task(task_cfg, progress=False)
+    tiny_train_task(cache)
     return cache

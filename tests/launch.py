@@ -102,3 +102,11 @@ def without_timings(obj):
 
 def metrics(out: Path) -> list[dict]:
     return [without_timings(json.loads(line)) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def tiny_train_task(cache: Path):
+    """configs/tiny_train.yaml's task (judge and base model) in the cache ``cache``."""
+    from pgraft.config import TrainRunConfig, load
+    from pgraft.tasks import prepare_task
+
+    return prepare_task(load(TrainRunConfig, TINY_TRAIN).task.model_copy(update={"cache_dir": cache}), progress=False)

@@ -13,19 +13,9 @@ import time
 
 import pytest
 import torch
-from launch import finish, one_rank, raw_ranks, results, two_ranks, wait_for, weights
+from launch import finish, one_rank, raw_ranks, results, tiny_train_task, two_ranks, wait_for, weights
 
 from pgraft.engine.distributed import Watchdog
-
-
-def _base_weights(cache):
-    from launch import TINY_TRAIN
-
-    from pgraft.config import TrainRunConfig, load
-    from pgraft.tasks import prepare_task
-
-    task = prepare_task(load(TrainRunConfig, TINY_TRAIN).task.model_copy(update={"cache_dir": cache}), progress=False)
-    return task.base.state_dict()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +52,7 @@ def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank
     assert m2["reward_mean"] == pytest.approx(m1["reward_mean"], abs=1e-3)
 
     # The update from the base agrees (relative L2); under LoRA the base weights are untouched.
-    base = _base_weights(train_cache)
+    base = tiny_train_task(train_cache).base.state_dict()
     w2, w1 = weights(out), weights(one_rank_runs[mode, accum])
     assert set(w2) == set(w1)
     if mode == "full":

@@ -1,8 +1,8 @@
 """Evaluate: reward on held-out seeds, with a 95% CI, per-class means, accuracy and diversity.
 
 Every model is evaluated on the same held-out seeds (common random numbers), disjoint from all
-rollout seeds. Under several ranks each samples its share of the chunks and all ranks score the
-gathered samples, so every rank returns the same evaluation. Diversity (ours): the mean pairwise
+rollout seeds. Under several ranks each samples and scores its share of the chunks and the rewards
+and images are gathered, so every rank returns the same evaluation. Diversity (ours): the mean pairwise
 RMS pixel distance between samples of the same class, in image space [0, 1], averaged over classes.
 """
 
@@ -19,6 +19,7 @@ from ..config import EvalConfig
 from ..models.schedule import Schedule
 from ..rewards.base import RewardFn, score
 from .compose import Policy
+from .distributed import all_gather_rows
 from .rollout import rollout
 
 
@@ -96,13 +97,14 @@ def evaluate(
         guidance_scale=guidance_scale,
         null_label=null_label,
         batch_size=cfg.batch_size,
-        shard=True,  # ranks share the sampling; every rank then scores all samples alike
+        shard=True,  # each rank samples and scores its share; the results are then gathered
         device=device,
         progress=progress,
         desc=desc,
-    ).gathered()
-    images = decode(out.x0).cpu()
-    rewards = score(reward_fn, images, labels).cpu()
+    )
+    mine = decode(out.x0).cpu()
+    rewards = all_gather_rows(score(reward_fn, mine, out.cond).cpu())  # each sample scored once
+    images = all_gather_rows(mine)
     finite = torch.isfinite(rewards)
     mean, ci = mean_ci95(rewards[finite])
     per_class = [float(rewards[(labels == c) & finite].mean()) for c in conditions.tolist()]
