@@ -38,7 +38,7 @@ class _Tokenizer:
     """A stand-in word-level tokenizer (tests cannot download CLIP's vocabulary)."""
 
     def __call__(self, texts, padding=True, truncation=True, return_tensors="pt"):
-        ids = [[1 + (hash(w) % 90) for w in t.split()][:16] for t in texts]
+        ids = [[1 + sum(map(ord, w)) % 90 for w in t.split()][:16] for t in texts]  # deterministic
         n = max(map(len, ids))
         input_ids = torch.tensor([i + [0] * (n - len(i)) for i in ids])
         return _Batch(input_ids=input_ids, attention_mask=(input_ids > 0).long())
@@ -65,7 +65,11 @@ def test_clip_score_is_finite_per_prompt_and_in_range():
     s0 = score(reward, images, torch.tensor([0, 0, 0]))
     s2 = score(reward, images, torch.tensor([2, 2, 2]))
     assert s0.shape == (3,) and torch.isfinite(s0).all() and (s0 >= 0).all() and (s0 <= 100).all()
-    assert not torch.equal(s0, s2)  # the prompt matters
+    # CLIPScore's definition on the reward's own embeddings, and the prompt is read
+    for cond, got in ((0, s0), (2, s2)):
+        cos = (reward.embed(images) * reward.text[cond]).sum(-1)
+        torch.testing.assert_close(got, (100 * cos).clamp(min=0))
+    assert not torch.equal(reward.text[0], reward.text[2])
     with pytest.raises(RewardError, match="condition ids"):
         reward(images, torch.tensor([0, 1, 3]))
 

@@ -49,7 +49,12 @@ def run_train(cfg: TrainRunConfig, out: str | Path, *, resume: str | Path | None
     ensure_distributed(cfg.distributed.timeout_s)
     with Watchdog(cfg.distributed.timeout_s):
         results = _train(cfg, Path(out), Path(resume) if resume is not None else None, force, started)
-        barrier()  # nobody leaves (and takes rank 0's store down) before everyone is done
+        barrier()  # everyone is done
+    # Every rank's watchdog thread has stopped before any rank leaves: rank 0's exit takes the
+    # store down, and a peer thread caught inside a store call aborted its process at exit.
+    barrier()
+    if world_size() > 1:
+        torch.distributed.destroy_process_group()
     return results
 
 
