@@ -14,6 +14,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The extension is built on the machine that runs it (pip install -e .), so it may use that CPU's
 # vector units; set PGRAFT_PORTABLE=1 when building a binary for other machines.
 NATIVE = [] if os.environ.get("PGRAFT_PORTABLE") == "1" else ["-march=native"]
+# at::parallel_for is only parallel when the extension itself is compiled with OpenMP (ATen's
+# ParallelOpenMP.h is guarded by _OPENMP); without it every fused C++ loop runs on one thread.
+# The extension then uses torch's own libgomp (already loaded, same soname) and its thread count.
+OPENMP = ["-fopenmp"]
 
 INSTALL_REQUIRES = [
     "torch==2.13.0",
@@ -59,7 +63,8 @@ setup(
             "pgraft._C",
             ["bindings/module.cpp", "bindings/buffer.cpp", "csrc/trajectory_buffer.cpp"],
             include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args=["-O3", "-std=c++17", *NATIVE],
+            extra_compile_args=["-O3", "-std=c++17", *OPENMP, *NATIVE],
+            extra_link_args=OPENMP,
         )
     ],
     cmdclass={"build_ext": BuildExtension},

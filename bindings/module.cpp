@@ -4,10 +4,14 @@
 #include <torch/extension.h>
 
 #include <cmath>
+#include <stdexcept>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "denoise_step.h"
 #include "gather.h"
+#include "group_topk.h"
 
 namespace {
 
@@ -84,7 +88,9 @@ void gather_rows(const at::Tensor& indices, const std::vector<at::Tensor>& srcs,
     TORCH_CHECK(d.dtype() == s.dtype() && d.size(0) == n && d.numel() == (s.size(0) ? s.numel() / s.size(0) : 0) * n,
                 "destination shape");
     row_bytes.push_back(s.size(0) ? s.nbytes() / s.size(0) : 0);
-    for (int64_t r = 0; r < n; ++r) TORCH_CHECK(idx[r] >= 0 && idx[r] < s.size(0), "gather index out of range");
+    for (int64_t r = 0; r < n; ++r)  // IndexError in Python, which names the range
+      if (idx[r] < 0 || idx[r] >= s.size(0))
+        throw std::out_of_range("gather indices must lie in [0, " + std::to_string(s.size(0)) + ")");
   }
   const int64_t per = std::max<int64_t>(1, n);
   at::parallel_for(0, static_cast<int64_t>(srcs.size()) * per, 1, [&](int64_t lo, int64_t hi) {
@@ -98,6 +104,31 @@ void gather_rows(const at::Tensor& indices, const std::vector<at::Tensor>& srcs,
   });
 }
 
+// Per-group top-K of a float32 [G, M] table: (indices [G, k] with -1 padding, counts [G]).
+std::tuple<at::Tensor, at::Tensor> group_topk(const at::Tensor& rewards, const c10::optional<at::Tensor>& valid,
+                                              int64_t k) {
+  TORCH_CHECK(rewards.device().is_cpu() && rewards.scalar_type() == at::kFloat && rewards.dim() == 2 &&
+                  rewards.is_contiguous(),
+              "rewards: contiguous CPU float32 [G, M]");
+  const int64_t g = rewards.size(0), m = rewards.size(1);
+  TORCH_CHECK(k >= 1 && k <= m, "k must lie in [1, M]");
+  if (valid)
+    TORCH_CHECK(valid->scalar_type() == at::kBool && valid->sizes() == rewards.sizes() && valid->is_contiguous(),
+                "valid: contiguous bool [G, M]");
+  auto idx = at::empty({g, k}, at::TensorOptions().dtype(at::kLong));
+  auto counts = at::empty({g}, at::TensorOptions().dtype(at::kLong));
+  const float* r = rewards.data_ptr<float>();
+  const bool* v = valid ? valid->data_ptr<bool>() : nullptr;
+  int64_t* ip = idx.data_ptr<int64_t>();
+  int64_t* cp = counts.data_ptr<int64_t>();
+  at::parallel_for(0, g, std::max<int64_t>(1, 4096 / m), [&](int64_t lo, int64_t hi) {
+    std::vector<int64_t> order(static_cast<size_t>(m));
+    for (int64_t row = lo; row < hi; ++row)
+      cp[row] = pgraft::topk_row(r + row * m, v ? v + row * m : nullptr, m, k, order.data(), ip + row * k);
+  });
+  return {idx, counts};
+}
+
 }  // namespace
 
 void register_buffer(py::module& m);  // bindings/buffer.cpp
@@ -108,6 +139,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("denoise_step", &denoise_step, "fused denoising step (CPU)", py::arg("x"), py::arg("o"), py::arg("u"),
         py::arg("z"), py::arg("step"), py::arg("table"), py::arg("guidance"), py::arg("clip"), py::arg("prev"),
         py::arg("x0"), py::arg("sumsq"));
+  m.def("group_topk", &group_topk, "per-group top-K (CPU)", py::arg("rewards"), py::arg("valid"), py::arg("k"));
   m.def("gather_rows", &gather_rows, "gather rows of several CPU tensors", py::arg("indices"), py::arg("srcs"),
         py::arg("dsts"));
 }

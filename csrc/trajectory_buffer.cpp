@@ -7,6 +7,8 @@
 // All integers little-endian (the host order on every platform pgraft builds for).
 #include "trajectory_buffer.h"
 
+#include "gather.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -321,11 +323,11 @@ void TrajectoryBuffer::gather(const int64_t* idx, int64_t begin, int64_t end, co
   if (out.size() != fields_.size()) throw BufferError("gather needs one output per field");
   for (int64_t j = begin; j < end; ++j)
     if (idx[j] < 0 || idx[j] >= size_)
-      throw BufferError("gather index " + std::to_string(idx[j]) + " outside [0, " + std::to_string(size_) + ")");
+      throw BufferError("gather indices must lie in [0, " + std::to_string(size_) + "), got " +
+                        std::to_string(idx[j]));
   for (size_t f = 0; f < fields_.size(); ++f) {
     const int64_t rb = fields_[f].row_bytes();
-    auto* dst = static_cast<unsigned char*>(out[f]);
-    for (int64_t j = begin; j < end; ++j) std::memcpy(dst + j * rb, arenas_[f] + idx[j] * rb, rb);
+    gather_rows_range(arenas_[f], static_cast<unsigned char*>(out[f]), idx, rb, begin, end);
   }
 }
 

@@ -170,8 +170,6 @@ class TrajectoryBuffer:
         indices = torch.as_tensor(indices, dtype=torch.int64).contiguous().cpu()
         if indices.ndim != 1:
             raise BufferError("indices must be 1-D")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
-            raise BufferError(f"indices must lie in [0, {len(self)})")
         schema = self.schema
         if out is None:
             out = {name: torch.empty((indices.numel(), *shape), dtype=dt) for name, (shape, dt) in schema.items()}

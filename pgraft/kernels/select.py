@@ -28,11 +28,15 @@ def group_topk(
     rewards: torch.Tensor, k: int, valid: torch.Tensor | None = None, *, backend: str = "auto"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group top-``k``: (indices [G, k] int64, -1 where a group ran out; counts [G] int64)."""
-    valid = _validate(rewards, valid)
+    _check(rewards, valid)
     g, m = rewards.shape
     if not 1 <= k <= m:
         raise ShapeError(f"k={k} must lie in [1, M={m}]")
-    impl = _backend.resolve("torch" if backend == "cpp" else backend, rewards.device)
+    impl = _backend.resolve(backend, rewards.device)
+    if impl == "cpp":  # finiteness is tested inside the loop: no mask tensor to build
+        r = rewards.detach().float().contiguous()
+        return _backend._C.group_topk(r, None if valid is None else valid.contiguous(), k)
+    valid = _valid_and_finite(rewards, valid)
     if impl == "triton":
         return _topk_triton(rewards, valid, k)
     return group_topk_reference(rewards, valid, k)
@@ -45,8 +49,8 @@ def best_of_n(rewards: torch.Tensor, valid: torch.Tensor | None = None, *, backe
 
 def threshold_mask(rewards: torch.Tensor, tau: float, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Valid rewards at or above ``tau``: [G, M] bool (one elementwise pass on any device)."""
-    valid = _validate(rewards, valid)
-    return valid & (rewards >= tau)
+    _check(rewards, valid)
+    return _valid_and_finite(rewards, valid) & (rewards >= tau)
 
 
 def gather_rows(
@@ -71,10 +75,12 @@ def gather_rows(
             raise ShapeError(f"a tensor is on {t.device}, the indices on {indices.device}")
         if t.ndim == 0:
             raise ShapeError("gather_rows needs tensors with a leading row dimension")
-        n = t.shape[0]
-        if indices.numel() and t.device.type == "cpu" and (int(indices.min()) < 0 or int(indices.max()) >= n):
-            raise ShapeError(f"gather indices must lie in [0, {n})")
     impl = _backend.resolve(backend, indices.device)
+    if impl != "cpp":  # the extension checks the range in its own loop (IndexError, below)
+        for t in tensors:
+            n = t.shape[0]
+            if indices.numel() and t.device.type == "cpu" and (int(indices.min()) < 0 or int(indices.max()) >= n):
+                raise ShapeError(f"gather indices must lie in [0, {n})")
     srcs = [t.contiguous() for t in tensors]
     outs = (
         out
@@ -82,7 +88,10 @@ def gather_rows(
         else [torch.empty((indices.numel(), *t.shape[1:]), dtype=t.dtype, device=t.device) for t in srcs]
     )
     if impl == "cpp":
-        _backend._C.gather_rows(indices.contiguous(), srcs, outs)
+        try:
+            _backend._C.gather_rows(indices.contiguous(), srcs, outs)
+        except IndexError as e:
+            raise ShapeError(str(e)) from None
     elif impl == "triton":
         for t, o in zip(srcs, outs):
             _gather_triton(t, indices, o)
@@ -146,16 +155,17 @@ def _gather_triton(t, indices, out):
     return out
 
 
-def _validate(rewards: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+def _check(rewards: torch.Tensor, valid: torch.Tensor | None) -> None:
     if rewards.ndim != 2:
         raise ShapeError(f"rewards must be [groups, samples_per_group], got shape {tuple(rewards.shape)}")
     if not rewards.is_floating_point():
         raise ShapeError(f"rewards must be floating point, got {rewards.dtype}")
     if rewards.shape[1] > MAX_GROUP:
         raise ShapeError(f"groups of M={rewards.shape[1]} exceed the supported M <= {MAX_GROUP}")
-    finite = torch.isfinite(rewards)
-    if valid is None:
-        return finite
-    if valid.shape != rewards.shape or valid.dtype != torch.bool:
+    if valid is not None and (valid.shape != rewards.shape or valid.dtype != torch.bool):
         raise ShapeError(f"valid must be a bool tensor of shape {tuple(rewards.shape)}")
-    return valid & finite
+
+
+def _valid_and_finite(rewards: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    finite = torch.isfinite(rewards)
+    return finite if valid is None else valid & finite
