@@ -48,11 +48,19 @@ def one_rank(out: Path, cache: Path, sets: list[str], resume: bool = False) -> s
 
 def two_ranks(out: Path, cache: Path, sets: list[str], resume: bool = False) -> subprocess.Popen:
     """The README's command: the deepspeed launcher, 2 CPU ranks on loopback."""
+    port = free_port()
     cmd = [str(DEEPSPEED), "--num_accelerators", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(free_port()), "--module", "pgraft.cli", *train_args(out, sets, resume)]
-    return subprocess.Popen(
+    cmd += ["--master_port", str(port), "--module", "pgraft.cli", *train_args(out, sets, resume)]
+    proc = subprocess.Popen(
         cmd, env=env(cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
+    proc.master_port = port
+    return proc
+
+
+def shm_segments(port: int) -> list[Path]:
+    """DeepSpeed's CPU all-reduce segments left in /dev/shm by the run on ``port``."""
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*"))
 
 
 def raw_ranks(out: Path, cache: Path, sets: list[str]) -> list[subprocess.Popen]:
@@ -64,6 +72,7 @@ def raw_ranks(out: Path, cache: Path, sets: list[str]) -> list[subprocess.Popen]
         e.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         cmd = [sys.executable, "-m", "pgraft.cli", *train_args(out, sets)]
         procs.append(subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs[-1].master_port = port
     return procs
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from launch import finish, one_rank, raw_ranks, results, tiny_train_task, two_ranks, wait_for, weights
+from launch import finish, one_rank, raw_ranks, results, shm_segments, tiny_train_task, two_ranks, wait_for, weights
 
 from pgraft.engine.distributed import Watchdog
 
@@ -36,8 +36,10 @@ def one_rank_runs(train_cache, tmp_path_factory):
 def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank_runs, tmp_path, mode, stage, accum):
     out = tmp_path / "run"
     sets = [f"method.train.mode={mode}", "method.train.batch_size=2", f"method.train.zero_stage={stage}"]
-    log = finish(two_ranks(out, train_cache, sets + [f"method.train.grad_accum={accum}"]))
+    proc = two_ranks(out, train_cache, sets + [f"method.train.grad_accum={accum}"])
+    log = finish(proc)
     assert "2 rank(s); weights identical across ranks: True" in log
+    assert not shm_segments(proc.master_port)  # DeepSpeed's 66 MB per-rank segments are not left in RAM
     two, one = results(out), results(one_rank_runs[mode, accum])
     assert two["world_size"] == 2 and one["world_size"] == 1
     digests = two["param_digests"]
@@ -86,5 +88,6 @@ def test_a_dead_or_hung_rank_makes_the_other_exit_with_a_clear_message(train_cac
                 p.kill()
                 p.wait()
     assert procs[0].returncode == Watchdog.EXIT_CODE, out[-3000:]
+    assert not shm_segments(procs[0].master_port)  # unlinked at set-up, so even a killed rank leaks none
     assert "rank 0" in out and ("rank 1 made no progress" in out or "another rank died or hung" in out), out[-3000:]
     assert waited < 8 + 20  # the timeout, plus a heartbeat period and the process's exit

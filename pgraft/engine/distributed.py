@@ -11,6 +11,7 @@ exit within the same timeout, wherever the survivors are waiting.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
@@ -18,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +58,31 @@ def ensure_distributed(timeout_s: float | None = None) -> None:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
     deepspeed.init_distributed(dist_backend=backend, verbose=False, **kwargs)
+    _unlink_shm_segment()
+
+
+def shm_segment(rank_: int | None = None) -> Path:
+    """The /dev/shm file of DeepSpeed's CPU all-reduce workspace for this rank (about 66 MB)."""
+    r = rank() if rank_ is None else rank_
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{r}"
+
+
+def _unlink_shm_segment() -> None:
+    """Removes this rank's shared-memory name as soon as every rank has mapped every segment.
+
+    DeepSpeed's CPU backend creates one segment per rank and never unlinks it, so each multi-rank
+    run left 66 MB per rank in /dev/shm (RAM) for good: a day of test runs held 13 GB. The mappings
+    stay valid after the unlink, and unlinking right after set-up frees the memory even when a rank
+    is killed later. Every rank has a segment or none (DeepSpeed uses them only when all ranks
+    are local), so either all ranks enter the barrier or none does.
+    """
+    mine = shm_segment()
+    if not mine.exists():
+        return
+    dist.barrier()  # every rank has opened its peers' segments inside init_distributed
+    with contextlib.suppress(FileNotFoundError):
+        mine.unlink()
 
 
 def rank() -> int:
