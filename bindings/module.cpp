@@ -139,6 +139,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("denoise_step", &denoise_step, "fused denoising step (CPU)", py::arg("x"), py::arg("o"), py::arg("u"),
         py::arg("z"), py::arg("step"), py::arg("table"), py::arg("guidance"), py::arg("clip"), py::arg("prev"),
         py::arg("x0"), py::arg("sumsq"));
+  m.def(
+      "openmp", [] {
+#ifdef _OPENMP
+        return true;
+#else
+        return false;
+#endif
+      },
+      "whether at::parallel_for runs in parallel in this build (setup.py compiles with -fopenmp)");
   m.def("group_topk", &group_topk, "per-group top-K (CPU)", py::arg("rewards"), py::arg("valid"), py::arg("k"));
   m.def("gather_rows", &gather_rows, "gather rows of several CPU tensors", py::arg("indices"), py::arg("srcs"),
         py::arg("dsts"));

@@ -110,3 +110,10 @@ def test_bad_inputs_raise_named_errors():
         gather_rows(torch.tensor([0]), torch.zeros(3, 2), out=[torch.zeros(2, 2)])
     with pytest.raises(ShapeError, match="1-D int64"):
         gather_rows(torch.tensor([0.0]), torch.zeros(3, 2))
+
+
+@pytest.mark.skipif(not _backend.HAVE_CPP, reason="the compiled extension is not built")
+def test_the_extension_is_built_with_openmp():
+    # Without -fopenmp, ATen's at::parallel_for compiles to a serial loop inside pgraft._C and
+    # every fused CPU path silently runs on one thread (it did until setup.py passed the flag).
+    assert _backend._C.openmp()
