@@ -1,11 +1,15 @@
 import os
 
-# Before anything imports diffusers or triton (STACK.md): no hub, Triton kernels interpreted.
+import torch
+
+# Before anything imports diffusers or our Triton kernels (STACK.md): no hub; without a GPU the
+# Triton kernels run under the interpreter on CPU tensors, with one they run compiled on CUDA
+# tensors (tests/kernel_devices.py).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from pgraft.config import UNetConfig  # noqa: E402
 from pgraft.models.unet import ClassConditionalUNet  # noqa: E402

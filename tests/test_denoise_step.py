@@ -1,4 +1,4 @@
-"""The fused denoising step: Triton (interpreted) vs C++ vs torch reference vs diffusers' .step().
+"""The fused denoising step: Triton (interpreted, or compiled on a GPU) vs C++ vs torch reference vs diffusers.
 
 Every timestep of a 50-step schedule, fresh random inputs, CFG on and off, ε- and v-prediction,
 DDPM, DDIM (η ∈ {0, 0.5, 1}), flow-matching Euler (ODE and stochastic) and Flow-GRPO's SDE step.
@@ -10,13 +10,12 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from kernel_devices import BACKENDS, device, host, to
 
 from pgraft.errors import ConfigError, ShapeError
-from pgraft.kernels import _backend
 from pgraft.kernels.denoise_step import denoise_step
 from pgraft.models.schedule import Schedule
 
-BACKENDS = ["torch", "triton"] + (["cpp"] if _backend.HAVE_CPP else [])
 DDPM_CFG = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "clip_sample": True}
 SHAPE = (2, 1, 3, 5)  # 15 elements per row: not a power of two, so masking is exercised
 
@@ -26,14 +25,15 @@ def _inputs(g, n=4, dtype=torch.float32):
 
 
 def _ours(x, cond, uncond, z, i, sched, guidance, backend, **kw):
-    """Run our step with poisoned outputs; returns (prev, x0)."""
+    """Run our step on the backend's device with poisoned outputs; returns its StepOutput on the CPU."""
+    x, cond, uncond, z = to(backend, x, cond, uncond, z)
     prev = torch.full_like(x, float("nan"))
     prev.copy_(x)  # in-place target: its old contents are the input
     u = uncond if guidance != 1.0 else None
     o = cond if guidance != 1.0 else uncond + guidance * (cond - uncond)
     out = denoise_step(prev, o, i, sched, z, uncond_output=u, guidance_scale=guidance, inplace=kw.pop("inplace", True),
                        backend=backend, **kw)  # fmt: skip
-    return out
+    return host(out)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -125,7 +125,7 @@ def test_ddim_log_probability_against_torch_normal(backend):
     g = torch.Generator().manual_seed(4)
     for i in range(19):  # the last DDIM step lands on x_0 with σ > 0 as well; check all but the edge
         x, o, z = _inputs(g, 3)
-        got = denoise_step(x, o, i, sched, z, return_log_prob=True, backend=backend)
+        got = host(denoise_step(*to(backend, x, o), i, sched, *to(backend, z), return_log_prob=True, backend=backend))
         det = denoise_step(x, o, i, sched, torch.zeros_like(z), backend="torch").prev_sample  # the mean
         sigma = float(sched.coefficients[i, 5])
         lp = torch.distributions.Normal(det.double(), sigma).log_prob(got.prev_sample.double()).flatten(1).sum(1)
@@ -147,7 +147,8 @@ def test_16_bit_storage_is_within_rounding_of_float32(backend, dtype):
     for i in (0, 25, 49):
         ref = denoise_step(x.float(), cond.float(), i, sched, z.float(), uncond_output=uncond.float(),
                            guidance_scale=3.0, backend="torch")  # fmt: skip
-        got = denoise_step(x, cond, i, sched, z, uncond_output=uncond, guidance_scale=3.0, backend=backend)
+        dx, dc, du, dz = to(backend, x, cond, uncond, z)
+        got = host(denoise_step(dx, dc, i, sched, dz, uncond_output=du, guidance_scale=3.0, backend=backend))
         assert got.prev_sample.dtype == dtype
         eps = torch.finfo(dtype).eps
         torch.testing.assert_close(got.prev_sample.float(), ref.prev_sample, rtol=eps, atol=eps)
@@ -159,7 +160,7 @@ def test_rows_at_different_steps_equal_rows_stepped_alone(backend):
     sched = Schedule.from_scheduler_config(DDPM_CFG, 10, "ddim", 1.0)
     x, o, z = (torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(7)) for _ in range(3))
     steps = torch.tensor([0, 4, 9])
-    mixed = denoise_step(x, o, steps, sched, z, backend=backend)
+    mixed = host(denoise_step(*to(backend, x, o, steps), sched, *to(backend, z), backend=backend))
     for row, s in enumerate(steps.tolist()):
         alone = denoise_step(x[row : row + 1], o[row : row + 1], s, sched, z[row : row + 1], backend="torch")
         torch.testing.assert_close(mixed.prev_sample[row : row + 1], alone.prev_sample, atol=1e-6, rtol=0)
@@ -168,7 +169,7 @@ def test_rows_at_different_steps_equal_rows_stepped_alone(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_out_of_place_leaves_inputs_untouched_and_skips_x0_when_asked(backend):
     sched = Schedule.from_scheduler_config(DDPM_CFG, 10, "ddim", 1.0)
-    x, o, z = _inputs(torch.Generator().manual_seed(8), 3)
+    x, o, z = to(backend, *_inputs(torch.Generator().manual_seed(8), 3))
     x_before = x.clone()
     out = denoise_step(x, o, 2, sched, z, return_x0=False, backend=backend)
     assert out.pred_x0 is None and torch.equal(x, x_before)
@@ -250,7 +251,7 @@ def test_state_indexing_follows_method_notation():
 
 def test_integer_step_out_of_range_is_caught_before_any_kernel_runs():
     sched = Schedule.from_scheduler_config(DDPM_CFG, 10, "ddim", 1.0)
-    x = torch.randn(2, 1, 4, 4)
+    x = torch.randn(2, 1, 4, 4, device=device("triton"))
     for bad in (-1, 10):
         with pytest.raises(ShapeError, match=rf"must lie in \[0, 10\), got {bad}"):
             denoise_step(x, x, bad, sched, x, backend="triton")

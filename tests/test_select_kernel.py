@@ -1,13 +1,18 @@
-"""Group selection kernels: Triton (interpreted) and the torch reference against torch.topk semantics."""
+"""Group selection kernels: Triton (interpreted, or compiled on a GPU), C++ and the torch reference against
+torch.topk semantics."""
 
 import pytest
 import torch
+from kernel_devices import BACKENDS, host, to
 
 from pgraft.errors import ShapeError
 from pgraft.kernels import _backend
 from pgraft.kernels.select import best_of_n, gather_rows, group_topk, threshold_mask
 
-BACKENDS = ["torch", "triton"] + (["cpp"] if _backend.HAVE_CPP else [])
+
+def _topk(r, k, valid=None, backend="torch"):
+    """group_topk on the backend's device, results on the CPU."""
+    return host(group_topk(*to(backend, r), k, *to(backend, valid), backend=backend))
 
 
 def _expected_topk(rewards, k):
@@ -25,7 +30,7 @@ def _expected_topk(rewards, k):
 def test_topk_matches_the_oracle_and_torch_topk(backend, g, m, k):
     gen = torch.Generator().manual_seed(g * m + k)
     r = torch.randn(g, m, generator=gen)
-    idx, counts = group_topk(r, k, backend=backend)
+    idx, counts = _topk(r, k, backend=backend)
     exp_idx, exp_counts = _expected_topk(r, k)
     assert torch.equal(idx, exp_idx) and torch.equal(counts, exp_counts)
     assert torch.equal(idx, torch.topk(r, k, dim=1).indices)  # distinct rewards: topk's order
@@ -42,13 +47,13 @@ def test_ties_nan_inf_and_short_groups(backend):
             [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # all tied
         ]
     )
-    idx, counts = group_topk(r, 3, backend=backend)
+    idx, counts = _topk(r, 3, backend=backend)
     assert idx.tolist() == [[1, 2, 4], [1, 3, -1], [-1, -1, -1], [0, 1, 2]]
     assert counts.tolist() == [3, 2, 0, 3]
-    assert best_of_n(r, backend=backend).tolist() == [1, 1, -1, 0]
+    assert best_of_n(*to(backend, r), backend=backend).tolist() == [1, 1, -1, 0]
     valid = torch.ones_like(r, dtype=torch.bool)
     valid[0, 1] = False  # an explicit mask excludes a valid-looking reward
-    assert group_topk(r, 2, valid, backend=backend)[0][0].tolist() == [2, 4]
+    assert _topk(r, 2, valid, backend=backend)[0][0].tolist() == [2, 4]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -63,7 +68,7 @@ def test_poisoned_outputs_are_fully_written(backend, monkeypatch):
     monkeypatch.setattr(torch, "empty", poisoned)
     r = torch.randn(4, 9, generator=torch.Generator().manual_seed(1))
     r[2, :7] = float("nan")
-    idx, counts = group_topk(r, 4, backend=backend)
+    idx, counts = _topk(r, 4, backend=backend)
     monkeypatch.undo()
     exp_idx, exp_counts = _expected_topk(r, 4)
     assert torch.equal(idx, exp_idx) and torch.equal(counts, exp_counts)
@@ -78,13 +83,12 @@ def test_threshold_mask_excludes_invalid():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64])
 def test_gather_rows_of_several_tensors(backend, dtype):
     gen = torch.Generator().manual_seed(2)
-    a = (torch.randn(12, 2, 3, 5, generator=gen) * 10).to(dtype)
-    b = torch.arange(12, dtype=torch.int64)
-    idx = torch.tensor([11, 0, 5, 5, 3])
+    a, b, idx = to(backend, (torch.randn(12, 2, 3, 5, generator=gen) * 10).to(dtype), torch.arange(12),
+                   torch.tensor([11, 0, 5, 5, 3]))  # fmt: skip
     out_a, out_b = gather_rows(idx, a, b, backend=backend)
     assert torch.equal(out_a, a[idx]) and torch.equal(out_b, b[idx]) and out_a.is_contiguous()
     assert gather_rows(idx[:0], a, backend=backend)[0].shape == (0, 2, 3, 5)
-    dest = [torch.full((5, 2, 3, 5), -9).to(dtype), torch.full((5,), -9, dtype=torch.int64)]  # poisoned
+    dest = to(backend, torch.full((5, 2, 3, 5), -9).to(dtype), torch.full((5,), -9, dtype=torch.int64))  # poisoned
     got = gather_rows(idx, a, b, out=dest, backend=backend)
     assert got[0] is dest[0] and torch.equal(dest[0], a[idx]) and torch.equal(dest[1], b[idx])
 
