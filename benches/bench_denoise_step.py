@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import copy_fn, plot, report, time_interleaved  # noqa: E402
+from common import copy_fn, plot, report, steady_allocator, time_interleaved  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
 from pgraft.kernels import _backend  # noqa: E402
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the acceptance shape (batch 64, 4x64x64, CFG)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = ap.parse_args()
+    steady_allocator()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     ours = Schedule.from_scheduler_config(SD_SCHEDULER, 50, "ddim", eta=1.0)
@@ -104,7 +105,8 @@ def main() -> None:
                 "copy_gbps": copy_bw, "speedup_vs_diffusers": base_ms / ms,
             })  # fmt: skip
     cols = ["impl", "batch", "shape", "cfg", "time_ms", "gbps", "frac_copy_bw", "speedup_vs_diffusers"]
-    out = report("denoise_step", device, rows, cols, {"quick": args.quick, "dispatched": dispatched})
+    name = "denoise_step" if args.dtype == "float32" else f"denoise_step_{args.dtype}"
+    out = report(name, device, rows, cols, {"quick": args.quick, "dispatched": dispatched})
     if not args.quick:
         for cfg in (True, False):
             sel = [r for r in rows if r["cfg"] == cfg and r["shape"] == "4x64x64"]

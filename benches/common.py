@@ -7,6 +7,8 @@ machines are noisy. Each bench writes benches/results/<device>/<name>.{csv,json,
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import json
 import os
 import platform
@@ -45,14 +47,59 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def steady_allocator() -> None:
+    """Pins glibc's allocator in the state a long-running process settles into.
+
+    By default glibc serves allocations above a moving threshold with fresh mmap'd pages and hands
+    freed heap memory back to the kernel, so whether a baseline that allocates its result (a
+    torch.cat of 16 MiB, say) pays thousands of page faults depends on the process's allocation
+    history: the same run measured 2.3 ms or 12.7 ms. With the threshold fixed at glibc's maximum
+    (32 MiB on 64-bit) and no trimming, freed memory is reused and every implementation is timed
+    on warm pages. This favours the allocating baselines; pgraft's paths fill preallocated outputs.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed memory
+        libc.mallopt(-3, 2**25)  # M_MMAP_THRESHOLD (fixing it also turns off its dynamic adjustment)
+    except (OSError, AttributeError):  # not glibc: nothing to pin
+        pass
+
+
+def cache_flusher(device: torch.device) -> Callable[[], object]:
+    """Evicts the caches (untimed, before each timed call) by streaming through twice the last-level cache.
+
+    Without it each implementation starts from whatever the one timed before it left: rows it
+    pulled in (flattering the next reader of the same rows) or dirty lines still to be written back
+    (taxing it). A read evicts dirty lines on the CPU; on a GPU the L2 is flushed by a write, as
+    triton.testing.do_bench does.
+    """
+    if device.type == "cuda":
+        scratch = torch.empty(256 * 2**20, dtype=torch.int8, device=device)
+        return scratch.zero_
+    scratch = torch.ones(2 * _llc_bytes() // 4)
+    return scratch.sum
+
+
+def _llc_bytes() -> int:
+    sizes = [32 * 2**20]
+    for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = p.read_text().strip()
+        mult = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KM")) * mult)
+    return max(sizes)
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]], device: torch.device, *, min_reps: int = 7, budget_s: float = 2.0
 ) -> dict[str, float]:
     """Median wall time (ms) of each function, calling them in turn round after round.
 
-    Interleaving gives every implementation (and the copy it is compared with) the same cache and
-    machine-load conditions; back-to-back repetitions would let a small copy run from a hot cache.
+    Interleaving gives every implementation (and the copy it is compared with) the same machine-load
+    conditions, and the caches are flushed before every timed call, so each starts cold and clean
+    (as after a model's forward pass); back-to-back repetitions would let a small copy run from a
+    hot cache.
     """
+    flush = cache_flusher(device)
     for fn in fns.values():  # warm-up (and first-call compilation)
         fn()
     sync(device)
@@ -62,11 +109,23 @@ def time_interleaved(
         time.perf_counter() - start < budget_s and len(times[next(iter(times))]) < 200
     ):
         for name, fn in fns.items():
+            flush()
+            sync(device)
             t0 = time.perf_counter()
             fn()
             sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def median_of_trials(measure: Callable[[int], dict[str, float]], trials: int) -> dict[str, float]:
+    """Per-key median of ``measure(trial)`` over trials, each on freshly allocated inputs.
+
+    Where the inputs land in physical memory changes memory-bound timings by up to 1.5x from one
+    allocation to the next on a virtual machine; a single allocation would quote one draw.
+    """
+    runs = [measure(t) for t in range(trials)]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def copy_fn(traffic_bytes: int, device: torch.device) -> Callable[[], object]:
@@ -153,8 +212,11 @@ def plot(rows: list[dict], x: str, y: str, series: str, title: str, path: Path, 
 
 
 def report(name: str, device: torch.device, rows: list[dict], columns: list[str], meta: dict) -> Path:
-    """Print the device line and the table, then write the CSV/JSON; returns the results folder."""
+    """Print the device line and the table, then write the CSV/JSON; returns the results folder.
+
+    A ``--quick`` run writes ``<name>_quick.*``, so it never replaces a full run's results.
+    """
     extra = f"  dispatched: {meta['dispatched']}" if "dispatched" in meta else ""
     print(f"device: {device_name(device)}  ({telemetry()['telemetry']}){extra}")
     print_table(rows, columns)
-    return write_results(name, device, rows, meta)
+    return write_results(f"{name}_quick" if meta.get("quick") else name, device, rows, meta)
