@@ -87,12 +87,19 @@ def main() -> None:
             impls["cpp"] = ours_fn("cpp")
         if device.type == "cuda":
             impls["triton"] = ours_fn("triton")
-        expect = impls["diffusers"]().prev_sample.float()
-        for name, fn in impls.items():  # every implementation computes the same step
+        # Every implementation computes the same step: diffusers in float32 on the same (rounded)
+        # inputs is the reference. In 16-bit storage ours computes in float32 and rounds once, so it
+        # sits within a few ulps of it; diffusers' own 16-bit path rounds at every op (the baseline
+        # is timed, not checked, there).
+        xf, cf, uf, zf = (v.float() for v in (x, c, u, z))
+        expect = ref.step(uf + GUIDANCE * (cf - uf) if cfg else cf, t, xf, eta=1.0, variance_noise=zf).prev_sample
+        for name, fn in impls.items():
+            if name == "diffusers" and dtype != torch.float32:
+                continue
             prev.fill_(float("nan"))
             got = fn()
             got = (got.prev_sample if hasattr(got, "prev_sample") else got).float()
-            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            tol = 1e-4 if dtype == torch.float32 else 8 * torch.finfo(dtype).eps
             torch.testing.assert_close(got, expect, atol=tol, rtol=tol, msg=f"{name} disagrees with diffusers")
         timed = time_interleaved({**impls, "copy": copy_fn(traffic, device)}, device)
         copy_bw = traffic / (timed.pop("copy") * 1e-3) / 1e9

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "denoise_step.h"
@@ -16,6 +17,15 @@
 namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // elements per parallel task
+
+// float16 as raw binary16 bits, converted in vectorised blocks (csrc/denoise_step.h), where F16C exists.
+#if defined(__F16C__)
+template <typename T>
+using Storage = std::conditional_t<std::is_same_v<T, c10::Half>, uint16_t, T>;
+#else
+template <typename T>
+using Storage = T;
+#endif
 
 template <typename T>
 void denoise_step_typed(const at::Tensor& x, const at::Tensor& o, const c10::optional<at::Tensor>& u,
@@ -28,12 +38,12 @@ void denoise_step_typed(const at::Tensor& x, const at::Tensor& o, const c10::opt
   const int64_t* steps = step.data_ptr<int64_t>();
   const float* coef = table.data_ptr<float>();
   std::vector<double> partial(static_cast<size_t>(rows * chunks), 0.0);
-  const T* xp = x.data_ptr<T>();
-  const T* op = o.data_ptr<T>();
-  const T* up = u ? u->data_ptr<T>() : nullptr;
-  const T* zp = z ? z->data_ptr<T>() : nullptr;
-  T* pp = prev.data_ptr<T>();
-  T* x0p = x0 ? x0->data_ptr<T>() : nullptr;
+  const T* xp = static_cast<const T*>(x.data_ptr());
+  const T* op = static_cast<const T*>(o.data_ptr());
+  const T* up = u ? static_cast<const T*>(u->data_ptr()) : nullptr;
+  const T* zp = z ? static_cast<const T*>(z->data_ptr()) : nullptr;
+  T* pp = static_cast<T*>(prev.data_ptr());
+  T* x0p = x0 ? static_cast<T*>(x0->data_ptr()) : nullptr;
   at::parallel_for(0, rows * chunks, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t r = task / chunks, c = task % chunks;
@@ -70,7 +80,7 @@ void denoise_step(const at::Tensor& x, const at::Tensor& o, const c10::optional<
     if (*t) TORCH_CHECK((*t)->sizes() == x.sizes() && (*t)->dtype() == x.dtype() && (*t)->is_contiguous(), "shape");
   if (sumsq) TORCH_CHECK(sumsq->scalar_type() == at::kDouble && sumsq->numel() == x.size(0), "sumsq must be f64 [B]");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "denoise_step", [&] {
-    denoise_step_typed<scalar_t>(x, o, u, z, step, table, guidance, clip, prev, x0, sumsq);
+    denoise_step_typed<Storage<scalar_t>>(x, o, u, z, step, table, guidance, clip, prev, x0, sumsq);
   });
 }
 
