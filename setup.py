@@ -6,6 +6,7 @@ measured in ../shared/STACK.md. Install after torch, without build isolation:
     pip install torch==2.13.0 && pip install --no-build-isolation -e '.[test]'
 """
 import os
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -17,7 +18,8 @@ NATIVE = [] if os.environ.get("PGRAFT_PORTABLE") == "1" else ["-march=native"]
 # at::parallel_for is only parallel when the extension itself is compiled with OpenMP (ATen's
 # ParallelOpenMP.h is guarded by _OPENMP); without it every fused C++ loop runs on one thread.
 # The extension then uses torch's own libgomp (already loaded, same soname) and its thread count.
-OPENMP = ["-fopenmp"]
+# Linux only: Apple's clang has no -fopenmp (and torch's macOS wheels bring their own libomp).
+OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 INSTALL_REQUIRES = [
     "torch==2.13.0",

@@ -1,6 +1,8 @@
 """Group selection kernels: Triton (interpreted, or compiled on a GPU), C++ and the torch reference against
 torch.topk semantics."""
 
+import sys
+
 import pytest
 import torch
 from kernel_devices import BACKENDS, host, to
@@ -117,6 +119,7 @@ def test_bad_inputs_raise_named_errors():
 
 
 @pytest.mark.skipif(not _backend.HAVE_CPP, reason="the compiled extension is not built")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="setup.py passes -fopenmp on Linux only")
 def test_the_extension_is_built_with_openmp():
     # Without -fopenmp, ATen's at::parallel_for compiles to a serial loop inside pgraft._C and
     # every fused CPU path silently runs on one thread (it did until setup.py passed the flag).
