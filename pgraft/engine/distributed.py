@@ -61,11 +61,10 @@ def ensure_distributed(timeout_s: float | None = None) -> None:
     _unlink_shm_segment()
 
 
-def shm_segment(rank_: int | None = None) -> Path:
+def shm_segment() -> Path:
     """The /dev/shm file of DeepSpeed's CPU all-reduce workspace for this rank (about 66 MB)."""
-    r = rank() if rank_ is None else rank_
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{r}"
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{addr}_{port}_{rank()}"
 
 
 def _unlink_shm_segment() -> None:
