@@ -29,7 +29,7 @@ ROW = (4, 64, 64)
 ACCEPTANCE = {"groups": 64, "m": 32, "k": 4}
 
 
-def python_loop(rewards, rows, k, out=None):
+def python_loop(rewards, rows, k):
     """What people do today: per group, topk on its rewards and index its rows; then torch.cat.
 
     It allocates its result, as users' code does (on warm pages: common.steady_allocator).

@@ -6,7 +6,6 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -114,9 +113,10 @@ void gather_rows(const at::Tensor& indices, const std::vector<at::Tensor>& srcs,
   });
 }
 
-// Per-group top-K of a float32 [G, M] table: (indices [G, k] with -1 padding, counts [G]).
-std::tuple<at::Tensor, at::Tensor> group_topk(const at::Tensor& rewards, const c10::optional<at::Tensor>& valid,
-                                              int64_t k) {
+// Per-group top-K of a float32 [G, M] table into idx [G, k] (-1 padding) and counts [G], which the
+// caller allocates (so a test can poison them and catch an element left unwritten).
+void group_topk(const at::Tensor& rewards, const c10::optional<at::Tensor>& valid, int64_t k, at::Tensor& idx,
+                at::Tensor& counts) {
   TORCH_CHECK(rewards.device().is_cpu() && rewards.scalar_type() == at::kFloat && rewards.dim() == 2 &&
                   rewards.is_contiguous(),
               "rewards: contiguous CPU float32 [G, M]");
@@ -125,8 +125,12 @@ std::tuple<at::Tensor, at::Tensor> group_topk(const at::Tensor& rewards, const c
   if (valid)
     TORCH_CHECK(valid->scalar_type() == at::kBool && valid->sizes() == rewards.sizes() && valid->is_contiguous(),
                 "valid: contiguous bool [G, M]");
-  auto idx = at::empty({g, k}, at::TensorOptions().dtype(at::kLong));
-  auto counts = at::empty({g}, at::TensorOptions().dtype(at::kLong));
+  TORCH_CHECK(idx.scalar_type() == at::kLong && idx.is_contiguous() && idx.device().is_cpu() &&
+                  idx.sizes() == at::IntArrayRef({g, k}),
+              "idx: contiguous CPU int64 [G, k]");
+  TORCH_CHECK(counts.scalar_type() == at::kLong && counts.is_contiguous() && counts.device().is_cpu() &&
+                  counts.numel() == g,
+              "counts: contiguous CPU int64 [G]");
   const float* r = rewards.data_ptr<float>();
   const bool* v = valid ? valid->data_ptr<bool>() : nullptr;
   int64_t* ip = idx.data_ptr<int64_t>();
@@ -136,7 +140,6 @@ std::tuple<at::Tensor, at::Tensor> group_topk(const at::Tensor& rewards, const c
     for (int64_t row = lo; row < hi; ++row)
       cp[row] = pgraft::topk_row(r + row * m, v ? v + row * m : nullptr, m, k, order.data(), ip + row * k);
   });
-  return {idx, counts};
 }
 
 }  // namespace
@@ -158,7 +161,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
       },
       "whether at::parallel_for runs in parallel in this build (setup.py compiles with -fopenmp)");
-  m.def("group_topk", &group_topk, "per-group top-K (CPU)", py::arg("rewards"), py::arg("valid"), py::arg("k"));
+  m.def("group_topk", &group_topk, "per-group top-K (CPU)", py::arg("rewards"), py::arg("valid"), py::arg("k"),
+        py::arg("idx"), py::arg("counts"));
   m.def("gather_rows", &gather_rows, "gather rows of several CPU tensors", py::arg("indices"), py::arg("srcs"),
         py::arg("dsts"));
 }

@@ -34,8 +34,10 @@ def group_topk(
         raise ShapeError(f"k={k} must lie in [1, M={m}]")
     impl = _backend.resolve(backend, rewards.device)
     if impl == "cpp":  # finiteness is tested inside the loop: no mask tensor to build
+        idx, counts = torch.empty((g, k), dtype=torch.int64), torch.empty(g, dtype=torch.int64)
         r = rewards.detach().float().contiguous()
-        return _backend._C.group_topk(r, None if valid is None else valid.contiguous(), k)
+        _backend._C.group_topk(r, None if valid is None else valid.contiguous(), k, idx, counts)
+        return idx, counts
     valid = _valid_and_finite(rewards, valid)
     if impl == "triton":
         return _topk_triton(rewards, valid, k)
@@ -76,11 +78,11 @@ def gather_rows(
         if t.ndim == 0:
             raise ShapeError("gather_rows needs tensors with a leading row dimension")
     impl = _backend.resolve(backend, indices.device)
-    if impl != "cpp":  # the extension checks the range in its own loop (IndexError, below)
+    if impl != "cpp" and indices.numel() and indices.device.type == "cpu":  # the extension checks its own
+        lo, hi = int(indices.min()), int(indices.max())
         for t in tensors:
-            n = t.shape[0]
-            if indices.numel() and t.device.type == "cpu" and (int(indices.min()) < 0 or int(indices.max()) >= n):
-                raise ShapeError(f"gather indices must lie in [0, {n})")
+            if lo < 0 or hi >= t.shape[0]:
+                raise ShapeError(f"gather indices must lie in [0, {t.shape[0]})")
     srcs = [t.contiguous() for t in tensors]
     outs = (
         out
