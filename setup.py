@@ -52,6 +52,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pgraft", "pgraft.*"]),
+    # The default bases and judges (`pgraft pretrain --ship`): a fresh install trains nothing.
+    package_data={"pgraft": ["tasks/pretrained/*/*/weights.safetensors*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],

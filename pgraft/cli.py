@@ -1,4 +1,4 @@
-"""The `pgraft` command: pretrain, demo, sweep, train.
+"""The `pgraft` command: pretrain, bases, demo, sweep, train, inc, sample.
 
 `train` also runs under the DeepSpeed launcher, one process per rank:
     deepspeed --num_gpus 8 -m pgraft.cli train --config configs/digits_train.yaml --out runs/train
@@ -48,6 +48,14 @@ def parser() -> argparse.ArgumentParser:
         help="ddpm: the engine's base model (config: a task section); flow: the rectified-flow base of "
         "`pgraft inc` (config: an inc config)",
     )
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="ddpm: also copy the base and judge into the package (pgraft/tasks/pretrained/), the weights "
+        "a fresh install starts from (maintainers)",
+    )
+    p = sub.add_parser("bases", help="each task's base variants beside the real images: quality, FID, reward")
+    _common(p, "runs/bases")
     p = sub.add_parser("demo", help="base vs GRAFT vs P-GRAFT at one sample budget")
     _common(p, "runs/demo")
     p = sub.add_parser("sweep", help="P-GRAFT at several N_I plus the Var[r | x_{N_I}] diagnostic")
@@ -98,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"real test reward {task.real_reward_mean:.4f}"
             )
             print(f"base model: {task.paths['base']}\njudge: {task.paths['judge']}")
+            if args.ship:
+                from .tasks import ship_models
+
+                for path in ship_models(cfg, task):
+                    print(f"shipped: {path}")
+        elif args.command == "bases":
+            from .experiments.bases import run_bases
+
+            extra = [f"tasks=[{args.task}]"] if args.task else []
+            run_bases(C.load(C.BasesConfig, args.config, extra + args.overrides), args.out, force=args.force)
         elif args.command == "demo":
             from .experiments.demo import run_demo
 

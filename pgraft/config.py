@@ -29,10 +29,16 @@ class UNetConfig(_Strict):
     num_train_timesteps: int = Field(1000, ge=10, le=10000)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    # The pretraining budget is deliberately short: the base model must leave reward headroom.
+    # The pretraining budget and the caption noise come from the task's base variant
+    # (TaskConfig.base, BASE_VARIANTS below) unless set here.
     pretrain_steps: int = Field(150, ge=1)
     pretrain_batch: int = Field(128, ge=1)
     pretrain_lr: float = Field(2e-3, gt=0)
+    # constant, or linear decay to 0 over pretrain_steps (converged bases, ours)
+    pretrain_lr_schedule: Literal["constant", "linear_decay"] = "constant"
+    # The fraction rho of training conditions replaced by another class's (uniformly among the
+    # others): web-caption-like noise that makes a base draw well but follow its prompt poorly.
+    caption_noise: float = Field(0.0, ge=0, lt=1)
     cond_dropout: float = Field(0.1, ge=0, lt=1)  # label dropout, so the model can do CFG
     seed: int = 0
 
@@ -46,14 +52,42 @@ class JudgeConfig(_Strict):
     seed: int = 0
 
 
+TaskName = Literal["digits", "animals"]
+BaseVariant = Literal["noisy_captions", "undertrained"]
+
+# What each base variant sets in ``task.unet`` unless the config sets it (README, "The base models";
+# the same for every task, so a config written out for one task means the same for another).
+# noisy_captions (default, the paper's premise): trained to convergence (linear LR decay) on
+# conditions of which a fraction rho = 0.5 is another class's, so samples are sharp members of
+# *some* class but follow the prompt poorly. undertrained (the record of earlier sessions): clean
+# conditions, 150 steps at a constant LR, so the base is poor at every noise level.
+BASE_VARIANTS: dict[str, dict] = {
+    "noisy_captions": {"pretrain_steps": 3000, "pretrain_lr_schedule": "linear_decay", "caption_noise": 0.5},
+    "undertrained": {"pretrain_steps": 150, "pretrain_lr_schedule": "constant", "caption_noise": 0.0},
+}
+
+
 class TaskConfig(_Strict):
-    name: Literal["digits", "animals"] = "digits"
+    name: TaskName = "digits"
+    base: BaseVariant = "noisy_captions"
     image_size: int = Field(16, ge=8, le=64)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
     unet: UNetConfig = UNetConfig()
     judge: JudgeConfig = JudgeConfig()
     cache_dir: Optional[Path] = None  # default: $PGRAFT_CACHE or ~/.cache/pgraft
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variant_defaults(cls, data: Any) -> Any:
+        """Fill ``unet`` fields the config leaves unset from the base variant's preset."""
+        if not isinstance(data, dict):
+            return data
+        preset = BASE_VARIANTS.get(data.get("base", "noisy_captions"))
+        unet = data.get("unet", {})
+        if preset is None or not isinstance(unet, dict):
+            return data  # field validation reports the bad name / variant / section
+        return {**data, "unet": {**preset, **unet}}
 
 
 class SamplerConfig(_Strict):
@@ -109,6 +143,8 @@ class TrainConfig(_Strict):
     zero_stage: int = Field(0, ge=0, le=3)  # DeepSpeed ZeRO stage of the trainable network
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 needs a GPU
     warmup_steps: int = Field(0, ge=0)  # linear LR warm-up (DeepSpeed WarmupLR); 0: constant LR
+    # > 0: after the warm-up, decay the LR linearly to 0 at this many steps (DeepSpeed WarmupDecayLR)
+    decay_steps: int = Field(0, ge=0)
     cond_dropout: float = Field(0.0, ge=0, lt=1)
 
 
@@ -173,6 +209,8 @@ class SweepConfig(_Strict):
     task: TaskConfig = TaskConfig()
     method: PGraftConfig = PGraftConfig()
     n_i_fracs: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
+    # Each N_I is run once per seed (method.seed := seed): rows report the mean and the spread.
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     eval: EvalConfig = EvalConfig()
     diag_states_per_class: int = Field(4, ge=1)  # fixed x_{N_I} states per class
     diag_completions: int = Field(16, ge=2)  # base-model completions per state
@@ -180,10 +218,37 @@ class SweepConfig(_Strict):
     @model_validator(mode="after")
     def _fracs_in_range(self):
         _n_i_is_chosen_by_the_experiment(self.method, "n_i_fracs")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
         for f in self.n_i_fracs:
             if not 0.0 <= f < 1.0:
                 raise ValueError(f"n_i_fracs entries must lie in [0, 1), got {f}")
         return self
+
+
+class BasesConfig(_Strict):
+    """`pgraft bases`: each task's base variants measured beside the real held-out images."""
+
+    tasks: list[TaskName] = Field(default_factory=lambda: ["digits", "animals"], min_length=1)
+    variants: list[BaseVariant] = Field(default_factory=lambda: ["noisy_captions", "undertrained"], min_length=1)
+    sampler: SamplerConfig = SamplerConfig()  # the demo's sampler
+    eval: EvalConfig = EvalConfig()  # 100 per class: 1,000 samples per base
+    confident: float = Field(0.9, gt=0, lt=1)  # "quality ≥ confident" is the second quality figure
+    # task fields applied to every (task, variant), e.g. {cache_dir: ..., judge: {steps: 100}};
+    # name and base come from the lists above
+    task: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _task_fields_valid(self):
+        if {"name", "base"} & set(self.task):
+            raise ValueError("task.name and task.base are chosen by the tasks and variants lists")
+        for name in self.tasks:
+            for variant in self.variants:
+                self.task_config(name, variant)  # raises with the field named
+        return self
+
+    def task_config(self, name: str, variant: str) -> TaskConfig:
+        return TaskConfig.model_validate({**self.task, "name": name, "base": variant})
 
 
 class CheckpointConfig(_Strict):

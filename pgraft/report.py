@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -16,11 +17,19 @@ from .io import atomic_write  # noqa: E402
 
 
 def save_grid(
-    images: torch.Tensor, labels: torch.Tensor, path: str | Path, per_class: int = 12, scale: int = 4
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    path: str | Path,
+    per_class: int = 12,
+    scale: int = 4,
+    *,
+    class_names: list[str] | None = None,
+    title: str | None = None,
 ) -> Path:
-    """A PNG with one row per class (in label order) and ``per_class`` samples per row."""
-    rows = []
-    for c in labels.unique().tolist():
+    """A PNG with one row per class (in label order) and ``per_class`` samples per row; with
+    ``class_names`` (and ``title``) a labelled figure, else the bare pixels at ``scale``×."""
+    rows, classes = [], labels.unique().tolist()
+    for c in classes:
         imgs = images[labels == c][:per_class]
         if imgs.shape[0] < per_class:
             pad = torch.ones((per_class - imgs.shape[0], *imgs.shape[1:]))
@@ -29,9 +38,21 @@ def save_grid(
         rows.append(torch.cat(list(imgs), dim=-1))
     grid = torch.cat(rows, dim=-2)  # [C, H, W]
     arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    arr = arr.repeat(scale, 0).repeat(scale, 1)
-    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    return atomic_write(path, lambda p: img.save(p, format="PNG"))
+    arr = arr[..., 0] if arr.shape[-1] == 1 else arr
+    if class_names is None:
+        img = Image.fromarray(arr.repeat(scale, 0).repeat(scale, 1))
+        return atomic_write(path, lambda p: img.save(p, format="PNG"))
+    row_h = arr.shape[0] / len(classes)
+    fig, ax = plt.subplots(figsize=(arr.shape[1] / 40 + 1.2, arr.shape[0] / 40 + (0.5 if title else 0.1)))
+    ax.imshow(arr, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_yticks([row_h * (i + 0.5) for i in range(len(classes))], [class_names[c] for c in classes])
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -40,34 +61,51 @@ def save_figure(fig, path: str | Path) -> Path:
     return out
 
 
-def plot_reward_per_round(curves: dict[str, list[float]], base_reward: float | None, path: str | Path) -> Path:
+def plot_reward_per_round(
+    curves: dict[str, list[float]], base_reward: float | None, path: str | Path, title: str | None = None
+) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, ys in curves.items():
         ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
     if base_reward is not None:
         ax.axhline(base_reward, color="gray", ls="--", label="base (held-out)")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("mean reward of the round's rollout")
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
 
-def plot_sweep(rows: list[dict], path: str | Path) -> Path:
+def plot_sweep(rows: list[dict], path: str | Path, title: str | None = None) -> Path:
+    """Reward (95% CI of the pooled seeds, and each seed's mean as a dot), diversity and the
+    conditional variance against N_I / S."""
     x = np.array([r["n_i_frac"] for r in rows])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     lo = np.array([r["reward_ci95"][0] for r in rows])
     hi = np.array([r["reward_ci95"][1] for r in rows])
     mean = np.array([r["reward_mean"] for r in rows])
-    axes[0].errorbar(x, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3)
-    axes[0].set_ylabel("held-out mean reward (95% CI)")
+    axes[0].errorbar(x, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, label="all seeds (95% CI)")
+    seeds = [(r["n_i_frac"], p["reward_mean"]) for r in rows for p in r.get("per_seed", [])]
+    if seeds:
+        axes[0].scatter(*zip(*seeds), s=12, color="gray", zorder=3, label="one seed")
+        axes[0].legend(fontsize=7)
+    axes[0].set_ylabel("held-out mean reward")
     axes[1].plot(x, [r["diversity"] for r in rows], marker="o")
     axes[1].set_ylabel("diversity (within-class RMS dist.)")
-    axes[2].plot(x, [r["cond_var"] for r in rows], marker="o")
-    axes[2].set_ylabel("Var[r(x_0) | x_{N_I}] (base)")
+    axes[2].plot(x, [r["cond_var"] for r in rows], marker="o", label="E Var[r(x_0) | x_{N_I}]")
+    total = [(r["n_i_frac"], r["total_var"]) for r in rows if r.get("total_var") is not None]
+    if total:
+        axes[2].plot(*zip(*total), ls="--", color="gray", label="Var[r(x_0)]")
+        axes[2].legend(fontsize=7)
+    axes[2].set_ylabel("reward variance under the base")
     for ax in axes:
         ax.set_xlabel("N_I / S")
         ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -58,14 +58,25 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
                 "n_i_fracs=[0.0, 0.5]",
                 "--set",
                 "diag_completions=3",
+                "--set",
+                "seeds=[0, 1]",
             ]
         )
         == 0
     )
     assert [p.stat().st_mtime for p in cached] == mtimes
-    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())["rows"]
+    sweep = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    rows = sweep["rows"]
+    assert sweep["seeds"] == [0, 1]
     assert [r["n_i_frac"] for r in rows] == [0.0, 0.5]
     assert rows[0]["cond_var"] == 0.0 and rows[1]["cond_var"] >= 0.0
+    assert rows[0]["share_decided"] == 1.0 and rows[0]["total_var"] is None and rows[1]["total_var"] >= 0.0
+    for r in rows:  # the row's reward pools both seeds; the spread is between their means
+        means = [p["reward_mean"] for p in r["per_seed"]]
+        assert [p["seed"] for p in r["per_seed"]] == [0, 1]
+        assert abs(r["reward_mean"] - sum(means) / 2) < 1e-9  # equal sample counts per seed
+        assert abs(r["reward_seed_std"] - abs(means[0] - means[1]) / 2**0.5) < 1e-9
+        assert r["reward_ci95"][0] <= r["reward_mean"] <= r["reward_ci95"][1]
     assert (tmp_path / "sweep" / "sweep.png").exists()
 
 

@@ -34,6 +34,7 @@ class Evaluation:
     wall_s: float
     images: torch.Tensor  # [N, C, H, W] in [0, 1], class-major
     labels: torch.Tensor
+    rewards: torch.Tensor  # [N], NaN/Inf included
 
     def summary(self) -> dict:
         return {
@@ -110,5 +111,5 @@ def evaluate(
     per_class = [float(rewards[(labels == c) & finite].mean()) for c in conditions.tolist()]
     acc = float((classify(images) == labels).float().mean()) if classify is not None else float("nan")
     return Evaluation(
-        mean, ci, per_class, acc, diversity(images, labels), labels.numel(), time.time() - t0, images, labels
+        mean, ci, per_class, acc, diversity(images, labels), labels.numel(), time.time() - t0, images, labels, rewards
     )

@@ -205,11 +205,13 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
         ds["bf16"] = {"enabled": True}
     elif cfg.precision == "fp16":
         ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
-    if cfg.warmup_steps:
-        ds["scheduler"] = {
-            "type": "WarmupLR",
-            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_num_steps": cfg.warmup_steps},
-        }
+    warmup = {"warmup_min_lr": 0.0, "warmup_max_lr": cfg.lr, "warmup_type": "linear"}
+    if cfg.decay_steps:
+        # DeepSpeed needs a positive warm-up; 1 step of it starts at the full LR.
+        params = {**warmup, "warmup_num_steps": max(1, cfg.warmup_steps), "total_num_steps": cfg.decay_steps}
+        ds["scheduler"] = {"type": "WarmupDecayLR", "params": params}
+    elif cfg.warmup_steps:
+        ds["scheduler"] = {"type": "WarmupLR", "params": {**warmup, "warmup_num_steps": cfg.warmup_steps}}
     return ds
 
 

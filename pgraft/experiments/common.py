@@ -6,9 +6,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..config import DemoConfig, EvalConfig, PGraftConfig, SweepConfig
 from ..engine.compose import Policy
 from ..engine.evaluate import Evaluation, evaluate
+from ..engine.inc import frechet_distance
 from ..engine.rounds import PGraftLoop, PGraftRun
 from ..models.schedule import Schedule
 from ..tasks import Task, prepare_task
@@ -51,6 +54,13 @@ def evaluate_on_task(
         progress=True,
         desc=f"evaluate {name}",
     )
+
+
+@torch.no_grad()
+def judge_fid(task: Task, images: torch.Tensor, reference: torch.Tensor) -> float:
+    """FID (judge features): the Fréchet distance of ``images`` to the ``reference`` features in
+    the judge CNN's 128-d penultimate layer (Inception weights cannot be downloaded here)."""
+    return frechet_distance(task.reward.judge.features(images), reference)
 
 
 def task_loop(task: Task, method: PGraftConfig, **options) -> PGraftLoop:

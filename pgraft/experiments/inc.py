@@ -20,12 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import FlowModelConfig, IncConfig
-from ..engine.inc import corrected_sample, euler, flops_per_forward, flow_schedule, frechet_distance, invert, train_flow
+from ..engine.inc import corrected_sample, euler, flops_per_forward, flow_schedule, invert, train_flow
 from ..io import save_state
 from ..models.flow import FlowUNet
 from ..report import plot_fid_flops, save_grid, table
 from ..seeding import generator
 from ..tasks import Task, cache, prepare_task
+from .common import judge_fid
 from .run_dir import RunDir
 
 COLUMNS = ["method", "base_steps", "corrector_steps", "fid", "fid_std", "flops_per_image"]
@@ -54,11 +55,6 @@ def flow_base(cfg: IncConfig, task: Task, force: bool = False) -> FlowUNet:
     """The rectified-flow base model of the task (`pgraft pretrain --model flow`), cached by config."""
     root = cache.cache_root(cfg.task.cache_dir)
     return _flow_model(root, task, cfg.base, task.data.train_x, "flow-base", _base_key(cfg), force)
-
-
-@torch.no_grad()
-def _fid(task: Task, images: torch.Tensor, reference: torch.Tensor) -> float:
-    return frechet_distance(task.reward.judge.features(images), reference)
 
 
 def run_inc(cfg: IncConfig, out: str | Path, *, force: bool = False) -> dict:
@@ -100,7 +96,7 @@ def run_inc(cfg: IncConfig, out: str | Path, *, force: bool = False) -> dict:
                     cfg.eval.batch_size,
                 )  # fmt: skip
             images = task.decode(x)
-            fids.append(_fid(task, images, reference))
+            fids.append(judge_fid(task, images, reference))
         grids[(method, k, c)] = images[:100]
         t = torch.tensor(fids)
         row = {

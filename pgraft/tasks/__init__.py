@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -25,6 +26,7 @@ from ..errors import CheckpointError, ConfigError
 from ..io import save_state
 from ..models.schedule import Schedule
 from ..models.unet import ClassConditionalUNet
+from ..seeding import derive_seed
 from ..rewards.judge import JudgeReward
 from . import animals, cache, digits
 from .digits import ImageData, decode
@@ -39,7 +41,8 @@ class TaskSpec:
     class_names: list[str]
     load: Callable[[TaskConfig], ImageData]
     build_base: Callable[[TaskConfig], nn.Module]  # untrained, the right architecture
-    pretraining_conditions: Callable[[TaskConfig, ImageData], torch.Tensor]
+    # the conditions the base is pretrained on, given the (possibly corrupted) class labels
+    pretraining_conditions: Callable[[TaskConfig, torch.Tensor], torch.Tensor]
     base_key: Callable[[TaskConfig], dict]  # what besides the UNet config defines the base model
 
 
@@ -57,7 +60,7 @@ SPECS = {
         digits.CLASS_NAMES,
         lambda c: digits.load_digits_split(c.image_size, c.test_fraction, c.split_seed),
         lambda c: ClassConditionalUNet.from_config(c.unet, c.image_size, digits.NUM_CLASSES),
-        lambda c, d: d.train_y,
+        lambda c, y: y,
         lambda c: {},
     ),
     "animals": TaskSpec(
@@ -65,7 +68,7 @@ SPECS = {
         animals.CLASS_NAMES,
         lambda c: animals.load_animals_split(c.image_size, c.test_fraction, c.split_seed),
         _animals_base,
-        lambda c, d: animals.pretraining_prompts(d.train_y, c.unet.seed),
+        lambda c, y: animals.pretraining_prompts(y, c.unet.seed),
         lambda c: {"captions": animals.captions(), "text_encoder": "all-MiniLM-L6-v2"},
     ),
 }
@@ -100,6 +103,21 @@ def _data_key(cfg: TaskConfig) -> dict:
     }
 
 
+def corrupt_labels(labels: torch.Tensor, num_classes: int, rho: float, seed: int) -> torch.Tensor:
+    """Replace a fraction ``rho`` of ``labels`` (exactly round(rho·N), a seeded random subset) by
+    another class drawn uniformly among the other num_classes − 1: noisy web captions in miniature.
+    """
+    if rho == 0:
+        return labels
+    g = torch.Generator().manual_seed(seed)
+    n = labels.numel()
+    chosen = torch.randperm(n, generator=g)[: round(rho * n)]
+    shift = torch.randint(1, num_classes, (chosen.numel(),), generator=g)  # never the true class
+    out = labels.clone()
+    out[chosen] = (labels[chosen] + shift) % num_classes
+    return out
+
+
 def pretrain_base(cfg: TaskConfig, data: ImageData, progress: bool = True) -> nn.Module:
     """DDPM pretraining on the real training images, through the same DeepSpeed trainer as GRAFT.
 
@@ -115,16 +133,72 @@ def pretrain_base(cfg: TaskConfig, data: ImageData, progress: bool = True) -> nn
     model = spec.build_base(cfg)
     schedule = Schedule.from_scheduler_config(model.scheduler_config, 1)
     train_cfg = TrainConfig(
-        mode="full", lr=u.pretrain_lr, batch_size=u.pretrain_batch // w, cond_dropout=u.cond_dropout, weighting="none"
+        mode="full",
+        lr=u.pretrain_lr,
+        batch_size=u.pretrain_batch // w,
+        cond_dropout=u.cond_dropout,
+        weighting="none",
+        decay_steps=u.pretrain_steps if u.pretrain_lr_schedule == "linear_decay" else 0,
     )
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, train_cfg, null_label=model.null_label, seed=u.seed)
+    labels = corrupt_labels(data.train_y, spec.num_classes, u.caption_noise, derive_seed(u.seed, "caption-noise"))
     trainer.train(
-        TrainingData(data.train_x, spec.pretraining_conditions(cfg, data), level=-1),
+        TrainingData(data.train_x, spec.pretraining_conditions(cfg, labels), level=-1),
         u.pretrain_steps,
         progress=progress,
         desc="pretrain base",
     )
     return model.eval().requires_grad_(False)
+
+
+def model_payloads(cfg: TaskConfig) -> dict[str, dict]:
+    """The config payload that keys each pretrained model of the task ("judge", "base")."""
+    key = _data_key(cfg)
+    return {
+        "judge": {**key, **cfg.judge.model_dump()},
+        "base": {**key, **cfg.unet.model_dump(mode="json"), **SPECS[cfg.name].base_key(cfg)},
+    }
+
+
+def _pretrained(
+    cfg: TaskConfig,
+    kind: str,
+    train: Callable[[], nn.Module],
+    build: Callable[[], nn.Module],
+    *,
+    force: bool,
+    collective: bool,
+):
+    """The task's pretrained ``kind`` model: from the cache, else shipped with the package, else
+    trained by ``train`` and stored in the cache.
+
+    Under several ranks (a shared cache folder) rank 0 writes what is missing and the others wait
+    and read the same bits; a ``collective`` ``train`` runs on every rank (data-parallel), else
+    on rank 0 alone.
+    """
+    payload = model_payloads(cfg)[kind]
+    path, present = cache.find_entry(cache.cache_root(cfg.cache_dir), cfg.name, kind, payload, force)
+    present = broadcast_object(present)
+    if not present and (collective or rank() == 0):
+        model = train()
+        if rank() == 0:
+            save_state(path, model.state_dict(), {"kind": kind, "config": payload})
+    if not present:
+        barrier()
+    model = build()
+    state, _ = cache.load_entry(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"pretrained model {path} does not match its config: {exc}") from None
+    return model.eval().requires_grad_(False), path
+
+
+def ship_models(cfg: TaskConfig, task: Task) -> list[Path]:
+    """Copy the task's base and judge into the package, under the config hash they were trained
+    from (`pgraft pretrain --ship`): what a fresh install loads instead of training."""
+    payloads = model_payloads(cfg)
+    return [cache.ship_entry(Path(task.paths[kind]), cfg.name, kind, payloads[kind]) for kind in ("base", "judge")]
 
 
 def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> Task:
@@ -133,37 +207,19 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
     spec = SPECS[cfg.name]
     t0 = time.time()
     data = spec.load(cfg)
-    root = cache.cache_root(cfg.cache_dir)
-    key = _data_key(cfg)
-
-    # Under several ranks (a shared cache folder): rank 0 trains and writes what is missing, the
-    # others wait and read the same files, so every rank scores with the same bits.
     progress = progress and rank() == 0
-    judge_path = cache.entry_path(root, cfg.name, "judge", {**key, **cfg.judge.model_dump()})
-    if rank() == 0 and (force or not judge_path.exists()):
-        judge = train_judge(decode(data.train_x), data.train_y, cfg.judge, progress)
-        save_state(judge_path, judge.state_dict(), {"kind": "judge"})
-    barrier()
-    judge = JudgeNet(spec.num_classes, 1)
-    state, _ = cache.load_entry(judge_path)
-    judge.load_state_dict(state)
-    judge.eval().requires_grad_(False)
+    judge, judge_path = _pretrained(
+        cfg,
+        "judge",
+        lambda: train_judge(decode(data.train_x), data.train_y, cfg.judge, progress),
+        lambda: JudgeNet(spec.num_classes, 1),
+        force=force,
+        collective=False,
+    )
     judge_acc = accuracy(judge, decode(data.test_x), data.test_y)
-
-    base_key = {**key, **cfg.unet.model_dump(mode="json"), **spec.base_key(cfg)}
-    base_path = cache.entry_path(root, cfg.name, "base", base_key)
-    if broadcast_object(force or not base_path.exists()):
-        base = pretrain_base(cfg, data, progress)  # collective
-        if rank() == 0:
-            save_state(base_path, base.state_dict(), {"kind": "base", "config": base_key})
-        barrier()
-    base = spec.build_base(cfg)
-    state, _ = cache.load_entry(base_path)
-    try:
-        base.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"cached model {base_path} does not match its config: {exc}") from None
-    base.eval().requires_grad_(False)
+    base, base_path = _pretrained(
+        cfg, "base", lambda: pretrain_base(cfg, data, progress), lambda: spec.build_base(cfg), force=force, collective=True
+    )
 
     reward = JudgeReward(judge)
     real_reward = float(reward(decode(data.test_x), data.test_y).mean())
