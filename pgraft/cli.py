@@ -60,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
     _common(p, "runs/demo")
     p = sub.add_parser("sweep", help="P-GRAFT at several N_I plus the Var[r | x_{N_I}] diagnostic")
     _common(p, "runs/sweep")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="instead of running: merge finished sweeps of one config that ran different seeds into --out",
+    )
     p = sub.add_parser("train", help="one P-GRAFT run on one or many ranks, checkpointed and resumable")
     _common(p, None)
     p.add_argument("--out", type=Path, help="run folder (default: the --resume folder, else runs/train)")
@@ -121,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(C.load(C.DemoConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
         elif args.command == "sweep":
-            from .experiments.sweep import run_sweep
+            from .experiments.sweep import merge_sweeps, run_sweep
 
+            if args.merge:
+                merge_sweeps(args.merge, args.out)
+                return 0
             run_sweep(C.load(C.SweepConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
         elif args.command == "train":
             return _train(args)

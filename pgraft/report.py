@@ -79,9 +79,11 @@ def plot_reward_per_round(
     return save_figure(fig, path)
 
 
-def plot_sweep(rows: list[dict], path: str | Path, title: str | None = None) -> Path:
+def plot_sweep(
+    rows: list[dict], path: str | Path, title: str | None = None, diagnostic: list[dict] | None = None
+) -> Path:
     """Reward (95% CI of the pooled seeds, and each seed's mean as a dot), diversity and the
-    conditional variance against N_I / S."""
+    conditional variance against N_I / S (at the ``diagnostic`` levels when given, else the rows')."""
     x = np.array([r["n_i_frac"] for r in rows])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     lo = np.array([r["reward_ci95"][0] for r in rows])
@@ -95,8 +97,9 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str | None = None) -> 
     axes[0].set_ylabel("held-out mean reward")
     axes[1].plot(x, [r["diversity"] for r in rows], marker="o")
     axes[1].set_ylabel("diversity (within-class RMS dist.)")
-    axes[2].plot(x, [r["cond_var"] for r in rows], marker="o", label="E Var[r(x_0) | x_{N_I}]")
-    total = [(r["n_i_frac"], r["total_var"]) for r in rows if r.get("total_var") is not None]
+    diag = diagnostic or rows
+    axes[2].plot([d["n_i_frac"] for d in diag], [d["cond_var"] for d in diag], marker="o", label="E Var[r(x_0) | x_{N_I}]")
+    total = [(d["n_i_frac"], d["total_var"]) for d in diag if d.get("total_var") is not None]
     if total:
         axes[2].plot(*zip(*total), ls="--", color="gray", label="Var[r(x_0)]")
         axes[2].legend(fontsize=7)

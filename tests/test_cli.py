@@ -71,6 +71,9 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
     assert [r["n_i_frac"] for r in rows] == [0.0, 0.5]
     assert rows[0]["cond_var"] == 0.0 and rows[1]["cond_var"] >= 0.0
     assert rows[0]["share_decided"] == 1.0 and rows[0]["total_var"] is None and rows[1]["total_var"] >= 0.0
+    diag = {d["n_i_frac"]: d for d in sweep["diagnostic"]}  # trained levels + diagnostic-only ones
+    assert sorted(diag) == [0.0, 0.25, 0.5, 0.75, 0.9]
+    assert diag[0.5]["cond_var"] == rows[1]["cond_var"] and len(diag[0.9]["per_seed"]) == 2
     for r in rows:  # the row's reward pools both seeds; the spread is between their means
         means = [p["reward_mean"] for p in r["per_seed"]]
         assert [p["seed"] for p in r["per_seed"]] == [0, 1]
@@ -78,6 +81,36 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
         assert abs(r["reward_seed_std"] - abs(means[0] - means[1]) / 2**0.5) < 1e-9
         assert r["reward_ci95"][0] <= r["reward_mean"] <= r["reward_ci95"][1]
     assert (tmp_path / "sweep" / "sweep.png").exists()
+
+    # Seeds run as separate jobs merge into the sweep that ran them all.
+    sweep_args = ["sweep", "--config", str(tmp_path / "sweep.yaml"), "--set", "n_i_fracs=[0.0, 0.5]"]
+    sweep_args += ["--set", "diag_completions=3"]
+    assert main([*sweep_args, "--set", "seeds=[2]", "--out", str(tmp_path / "s2")]) == 0
+    assert main(["sweep", "--merge", str(tmp_path / "sweep"), str(tmp_path / "s2"), "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert merged["seeds"] == [0, 1, 2] and merged["complete"]
+    for r, r2 in zip(merged["rows"], json.loads((tmp_path / "s2" / "results.json").read_text())["rows"]):
+        assert [p["seed"] for p in r["per_seed"]] == [0, 1, 2]
+        assert abs(r["reward_mean"] - sum(p["reward_mean"] for p in r["per_seed"]) / 3) < 1e-9
+        assert r["per_seed"][2] == r2["per_seed"][0]
+    assert [len(d["per_seed"]) for d in merged["diagnostic"]] == [3] * 5
+    assert main([*sweep_args, "--set", "seeds=[2]", "--set", "method.rounds=2", "--out", str(tmp_path / "x")]) == 0
+    assert main(["sweep", "--merge", str(tmp_path / "sweep"), str(tmp_path / "x"), "--out", str(tmp_path / "m2")]) == 2
+    assert main(["sweep", "--merge", str(tmp_path / "s2"), str(tmp_path / "s2"), "--out", str(tmp_path / "m3")]) == 2
+    assert "a seed appears in more than one run" in capsys.readouterr().err
+
+
+def test_pooling_seeds_from_their_summaries_equals_pooling_their_rewards():
+    import torch
+
+    from pgraft.engine.evaluate import mean_ci95
+    from pgraft.experiments.sweep import pool
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.rand(n, generator=g, dtype=torch.float64) * s for n, s in ((300, 1.0), (500, 0.5), (40, 2.0))]
+    mean, ci = pool([(p.numel(), float(p.mean()), float(p.std())) for p in parts])
+    ref_mean, ref_ci = mean_ci95(torch.cat(parts))
+    assert abs(mean - ref_mean) < 1e-12 and max(abs(a - b) for a, b in zip(ci, ref_ci)) < 1e-12
 
 
 def test_corrupt_cached_model_is_a_clear_error(tmp_path, monkeypatch, capsys):

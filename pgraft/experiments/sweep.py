@@ -6,6 +6,8 @@ x_{N_I} of base-model trajectories, many base-model completions estimate Var[r(x
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from pathlib import Path
 
@@ -13,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import SweepConfig
+from ..errors import ConfigError
 from ..engine.compose import Single
-from ..engine.evaluate import mean_ci95
 from ..engine.rollout import rollout, run_chain
 from ..models.schedule import Schedule
 from ..report import plot_sweep, table
@@ -22,6 +24,7 @@ from ..rewards.base import score
 from ..seeding import generator
 from ..tasks import Task
 from .common import evaluate_on_task, run_method, start_experiment
+from .run_dir import RunDir
 
 COLUMNS = [
     "n_i_frac", "n_i", "reward_mean", "reward_ci95", "reward_seed_std", "accuracy", "diversity", "cond_var",
@@ -69,11 +72,20 @@ def conditional_variance(
     return float(r.var(dim=2, unbiased=True).mean()), float(r.flatten(1).var(dim=1, unbiased=True).mean())
 
 
-def _pooled_row(per_seed: list[dict], rewards: list[torch.Tensor]) -> dict:
-    """One N_I's row over its seeds: means, the spread of the final reward over seeds, and the CI
-    of all seeds' held-out rewards pooled (sampling error within a seed; the spread is between)."""
-    pooled = torch.cat(rewards)
-    mean, ci = mean_ci95(pooled[torch.isfinite(pooled)])
+def pool(stats: list[tuple[int, float, float]]) -> tuple[float, tuple[float, float]]:
+    """Mean and 95% CI of several seeds' held-out rewards pooled, from each seed's (n, mean, std):
+    exactly what :func:`mean_ci95` gives on the concatenated rewards."""
+    n = sum(k for k, _, _ in stats)
+    mean = sum(k * m for k, m, _ in stats) / n
+    ss = sum((k - 1) * s**2 + k * (m - mean) ** 2 for k, m, s in stats)
+    half = 1.959964 * math.sqrt(ss / (n - 1) / n)
+    return mean, (mean - half, mean + half)
+
+
+def _pooled_row(per_seed: list[dict]) -> dict:
+    """One N_I's row over its seeds: the pooled held-out reward with its CI (sampling error within
+    a seed), the spread of the seeds' means (reward_seed_std: between seeds), and seed means."""
+    mean, ci = pool([(p["eval_samples"], p["reward_mean"], p["reward_std"]) for p in per_seed])
     means = torch.tensor([p["reward_mean"] for p in per_seed], dtype=torch.float64)
     avg = lambda key: float(sum(p[key] for p in per_seed) / len(per_seed))  # noqa: E731
     return {
@@ -82,14 +94,21 @@ def _pooled_row(per_seed: list[dict], rewards: list[torch.Tensor]) -> dict:
         "reward_seed_std": float(means.std(unbiased=True)) if len(per_seed) > 1 else 0.0,
         "accuracy": avg("accuracy"),
         "diversity": avg("diversity"),
-        "cond_var": avg("cond_var"),
-        # the share of the base's reward variance that x_{N_I} decides: 1 − E[Var[r | x_{N_I}]] / Var[r]
-        "share_decided": 1.0 if per_seed[0]["total_var"] is None else 1.0 - avg("cond_var") / avg("total_var"),
-        "total_var": None if per_seed[0]["total_var"] is None else avg("total_var"),
+        **_diag_row(per_seed),
         "samples_drawn": per_seed[0]["samples_drawn"],
         "wall_s": sum(p["wall_s"] for p in per_seed),
-        "per_seed": list(per_seed),
+        "per_seed": sorted(per_seed, key=lambda p: p["seed"]),
     }
+
+
+def _diag_row(per_seed: list[dict]) -> dict:
+    """The diagnostic over seeds: E Var[r | x_{N_I}], Var[r], and the share of the base's reward
+    variance that x_{N_I} decides, 1 − E[Var[r | x_{N_I}]] / Var[r] (1 at N_I = 0)."""
+    cond = sum(p["cond_var"] for p in per_seed) / len(per_seed)
+    if per_seed[0]["total_var"] is None:
+        return {"cond_var": cond, "total_var": None, "share_decided": 1.0}
+    total = sum(p["total_var"] for p in per_seed) / len(per_seed)
+    return {"cond_var": cond, "total_var": total, "share_decided": 1.0 - cond / total}
 
 
 def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict:
@@ -97,35 +116,45 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
     are written, so a long sweep that is stopped keeps its finished seeds."""
     exp = start_experiment(cfg, out, force)
     run, task, schedule, m = exp.run, exp.task, exp.schedule, cfg.method
-    levels = [(frac, int(round(frac * schedule.steps))) for frac in cfg.n_i_fracs]
+    levels = [(frac, round(frac * schedule.steps)) for frac in cfg.n_i_fracs]
+    diag_levels = sorted({(f, round(f * schedule.steps)) for f in cfg.n_i_fracs + cfg.diag_fracs})
     per_seed: dict[int, list[dict]] = {n_i: [] for _, n_i in levels}
-    rewards: dict[int, list[torch.Tensor]] = {n_i: [] for _, n_i in levels}
+    diag_per_seed: dict[int, list[dict]] = {n_i: [] for _, n_i in diag_levels}
     bar = tqdm(total=len(levels) * len(cfg.seeds), desc="sweep (N_I, seed)")
     for done, seed in enumerate(cfg.seeds, 1):
+        for _, n_i in diag_levels:
+            cond_var, total_var = conditional_variance(
+                task, schedule, n_i, cfg.diag_states_per_class, cfg.diag_completions, m.sampler.guidance_scale, seed
+            )
+            diag_per_seed[n_i].append({"seed": seed, "cond_var": cond_var, "total_var": total_var})
         for _, n_i in levels:
             method = m.model_copy(update={"n_i": n_i, "seed": seed})
             name = f"pgraft_ni{n_i}_seed{seed}"
             result = run_method(task, method, run, name)
             ev = evaluate_on_task(task, result.policy, schedule, method, cfg.eval, name, result.device)
-            cond_var, total_var = conditional_variance(
-                task, schedule, n_i, cfg.diag_states_per_class, cfg.diag_completions, m.sampler.guidance_scale, seed
-            )
+            diag = diag_per_seed[n_i][-1]
             summary = ev.summary()
+            finite = ev.rewards[torch.isfinite(ev.rewards)].double()
             per_seed[n_i].append(
                 {
                     "seed": seed,
                     **{k: summary[k] for k in ("reward_mean", "reward_ci95", "accuracy", "diversity")},
-                    "cond_var": cond_var,
-                    "total_var": total_var,
+                    "reward_std": float(finite.std(unbiased=True)),
+                    "eval_samples": int(finite.numel()),
+                    "cond_var": diag["cond_var"],
+                    "total_var": diag["total_var"],
                     "samples_drawn": result.samples_drawn,
                     "wall_s": result.wall_s + ev.wall_s,
                 }
             )
-            rewards[n_i].append(ev.rewards)
             run.log("sweep", n_i, {k: v for k, v in per_seed[n_i][-1].items() if isinstance(v, float)} | {"seed": seed})
             bar.update()
-        rows = [{"n_i_frac": f, "n_i": n_i, **_pooled_row(per_seed[n_i], rewards[n_i])} for f, n_i in levels]
-        results = _write(cfg, run, rows, cfg.seeds[:done], schedule.steps, exp.started)
+        rows = [{"n_i_frac": f, "n_i": n_i, **_pooled_row(per_seed[n_i])} for f, n_i in levels]
+        diagnostic = [
+            {"n_i_frac": f, "n_i": n_i, **_diag_row(diag_per_seed[n_i]), "per_seed": diag_per_seed[n_i]}
+            for f, n_i in diag_levels
+        ]
+        results = _write(cfg, run, rows, diagnostic, cfg.seeds[:done], schedule.steps, exp.started)
     bar.close()
     run.close()
     print(table(rows, COLUMNS))
@@ -135,19 +164,56 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
     return results
 
 
-def _write(cfg: SweepConfig, run, rows: list[dict], seeds: list[int], steps: int, started: float) -> dict:
+def merge_sweeps(runs: list[str | Path], out: str | Path) -> dict:
+    """One sweep from several finished sweep runs of the same config that ran different seeds
+    (`pgraft sweep --merge RUN ... --out DIR`): seeds can run as separate jobs, in parallel."""
+    started = time.time()
+    parts = []
+    for path in runs:
+        f = Path(path) / "results.json"
+        if not f.exists():
+            raise ConfigError(f"--merge: {f} does not exist (not a finished sweep run)")
+        parts.append(json.loads(f.read_text()))
+    configs = [{**p["config"], "seeds": None} for p in parts]
+    if any(c != configs[0] for c in configs):
+        raise ConfigError("--merge: the runs' configs differ in more than their seeds")
+    seeds = [seed for p in parts for seed in p["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--merge: a seed appears in more than one run ({seeds})")
+    cfg = SweepConfig.model_validate({**parts[0]["config"], "seeds": sorted(seeds)})
+    rows, diagnostic = [], []
+    for i, row in enumerate(parts[0]["rows"]):
+        per_seed = [p for part in parts for p in part["rows"][i]["per_seed"]]
+        rows.append({"n_i_frac": row["n_i_frac"], "n_i": row["n_i"], **_pooled_row(per_seed)})
+    for i, row in enumerate(parts[0]["diagnostic"]):
+        per_seed = sorted((p for part in parts for p in part["diagnostic"][i]["per_seed"]), key=lambda p: p["seed"])
+        diagnostic.append({"n_i_frac": row["n_i_frac"], "n_i": row["n_i"], **_diag_row(per_seed), "per_seed": per_seed})
+    run = RunDir(out, cfg)
+    results = _write(cfg, run, rows, diagnostic, cfg.seeds, parts[0]["sampler_steps"], started)
+    results["merged_from"] = [str(p) for p in runs]
+    run.results(results)
+    run.close()
+    print(table(rows, COLUMNS))
+    print(f"wrote {run.path / 'results.json'}")
+    return results
+
+
+def _write(
+    cfg: SweepConfig, run, rows: list[dict], diagnostic: list[dict], seeds: list[int], steps: int, started: float
+) -> dict:
     best = max(rows, key=lambda r: r["reward_mean"])
     results = {
         "task": cfg.task.name,
         "seeds": list(seeds),
         "complete": len(seeds) == len(cfg.seeds),
         "rows": rows,
+        "diagnostic": diagnostic,
         "best_n_i_frac": best["n_i_frac"],
         "sampler_steps": steps,
         "config": cfg.model_dump(mode="json"),
         "total_wall_s": time.time() - started,
     }
     title = f"{cfg.task.name}, {cfg.task.base} base: P-GRAFT across N_I ({len(seeds)} seeds)"
-    plot_sweep(rows, run.path / "sweep.png", title=title)
+    plot_sweep(rows, run.path / "sweep.png", title=title, diagnostic=diagnostic)
     run.results(results)
     return results
