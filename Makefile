@@ -5,7 +5,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo sweep test
+.PHONY: install demo sweep bases test
 
 $(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*) $(wildcard bindings/*)
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: install
 
 sweep: install
 	$(VENV)/bin/pgraft sweep --out runs/sweep
+
+bases: install
+	$(VENV)/bin/pgraft bases --out runs/bases
 
 test: install
 	$(VENV)/bin/python -m pytest -q

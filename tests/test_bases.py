@@ -34,14 +34,14 @@ def test_caption_noise_replaces_exactly_rho_by_other_classes_uniformly():
 
 def test_base_variant_fills_only_the_unset_pretraining_fields():
     noisy, under = C.TaskConfig(), C.TaskConfig(base="undertrained")
-    assert noisy.base == "noisy_captions" and noisy.unet.caption_noise == 0.4 and noisy.unet.pretrain_steps == 3000
+    assert noisy.base == "noisy_captions" and noisy.unet.caption_noise == 0.5 and noisy.unet.pretrain_steps == 3000
     assert under.unet.caption_noise == 0.0 and under.unet.pretrain_steps == 150
     assert under.unet.pretrain_lr_schedule == "constant"
     mine = C.TaskConfig.model_validate({"base": "noisy_captions", "unet": {"caption_noise": 0.2}})
     assert mine.unet.caption_noise == 0.2 and mine.unet.pretrain_steps == 3000
     # Every experiment defaults to the premise-faithful base, on every task.
     for cls in (C.DemoConfig, C.SweepConfig, C.TrainRunConfig):
-        assert C.build(cls, {}, ["task.name=animals"]).task.unet.caption_noise == 0.4
+        assert C.build(cls, {}, ["task.name=animals"]).task.unet.caption_noise == 0.5
     with pytest.raises(C.ConfigError, match="task.base"):
         C.build(C.DemoConfig, {}, ["task.base=clean"])
     with pytest.raises(C.ConfigError, match="caption_noise"):
@@ -120,7 +120,7 @@ def test_tiny_bases_measure_the_real_images_and_each_variant(tmp_path):
     for r in res["rows"]:
         assert 0.1 <= r["quality"] <= 1 and 0 <= r["quality_confident"] <= 1 and r["fid"] >= 0
         assert r["quality"] >= r["reward_mean"] - 1e-9  # the arg-max's probability bounds the prompted one
-    assert noisy["caption_noise"] == 0.4 and under["caption_noise"] == 0.0
+    assert noisy["caption_noise"] == 0.5 and under["caption_noise"] == 0.0
     for f in ("grid_digits_real.png", "grid_digits_noisy_captions.png", "grid_digits_undertrained.png"):
         assert (tmp_path / "out" / f).exists()
     with pytest.raises(C.ConfigError, match="chosen by the tasks and variants"):
