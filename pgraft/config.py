@@ -225,9 +225,10 @@ class SweepConfig(_Strict):
         _n_i_is_chosen_by_the_experiment(self.method, "n_i_fracs")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
-        for f in self.n_i_fracs + self.diag_fracs:
-            if not 0.0 <= f < 1.0:
-                raise ValueError(f"n_i_fracs and diag_fracs entries must lie in [0, 1), got {f}")
+        for field in ("n_i_fracs", "diag_fracs"):
+            for f in getattr(self, field):
+                if not 0.0 <= f < 1.0:
+                    raise ValueError(f"{field} entries must lie in [0, 1), got {f}")
         return self
 
 

@@ -25,8 +25,18 @@ def _mid_round_checkpoints(out, round_=None):
     return [n for n in names if (m := MID_ROUND.match(n)) and (round_ is None or int(m.group(1)) == round_)]
 
 
+def _latest_is_mid_round(out, round_):
+    """The `latest` pointer (written after the checkpoint folder's rename) names a checkpoint taken
+    inside ``round_``: waiting for the folder alone races the pointer under load."""
+    try:
+        latest = (out / "checkpoints" / "latest").read_text().strip()
+    except FileNotFoundError:
+        return False
+    return (m := MID_ROUND.match(latest)) is not None and int(m.group(1)) == round_
+
+
 def _kill_inside_round(proc, out, round_, group=False):
-    wait_for(lambda: _mid_round_checkpoints(out, round_), proc=proc)
+    wait_for(lambda: _latest_is_mid_round(out, round_), proc=proc)
     if group:
         os.killpg(proc.pid, signal.SIGKILL)
     else:
