@@ -117,7 +117,8 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
     exp = start_experiment(cfg, out, force)
     run, task, schedule, m = exp.run, exp.task, exp.schedule, cfg.method
     levels = [(frac, round(frac * schedule.steps)) for frac in cfg.n_i_fracs]
-    diag_levels = sorted({(f, round(f * schedule.steps)) for f in cfg.n_i_fracs + cfg.diag_fracs})
+    by_step = {round(f * schedule.steps): f for f in reversed(cfg.n_i_fracs + cfg.diag_fracs)}  # one per N_I
+    diag_levels = sorted(((f, n_i) for n_i, f in by_step.items()), key=lambda level: level[1])
     per_seed: dict[int, list[dict]] = {n_i: [] for _, n_i in levels}
     diag_per_seed: dict[int, list[dict]] = {n_i: [] for _, n_i in diag_levels}
     bar = tqdm(total=len(levels) * len(cfg.seeds), desc="sweep (N_I, seed)")
