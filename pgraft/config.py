@@ -225,6 +225,9 @@ class SweepConfig(_Strict):
         _n_i_is_chosen_by_the_experiment(self.method, "n_i_fracs")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        steps = [round(f * self.method.sampler.steps) for f in self.n_i_fracs]
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"n_i_fracs {self.n_i_fracs} name the same N_I twice at {self.method.sampler.steps} steps")
         for field in ("n_i_fracs", "diag_fracs"):
             for f in getattr(self, field):
                 if not 0.0 <= f < 1.0:

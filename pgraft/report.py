@@ -7,8 +7,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -98,7 +98,8 @@ def plot_sweep(
     axes[1].plot(x, [r["diversity"] for r in rows], marker="o")
     axes[1].set_ylabel("diversity (within-class RMS dist.)")
     diag = diagnostic or rows
-    axes[2].plot([d["n_i_frac"] for d in diag], [d["cond_var"] for d in diag], marker="o", label="E Var[r(x_0) | x_{N_I}]")
+    x_diag, cond = [d["n_i_frac"] for d in diag], [d["cond_var"] for d in diag]
+    axes[2].plot(x_diag, cond, marker="o", label="E Var[r(x_0) | x_{N_I}]")
     total = [(d["n_i_frac"], d["total_var"]) for d in diag if d.get("total_var") is not None]
     if total:
         axes[2].plot(*zip(*total), ls="--", color="gray", label="Var[r(x_0)]")

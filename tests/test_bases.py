@@ -56,7 +56,7 @@ def test_shipped_weights_are_what_the_code_would_train(task):
     cfg = C.TaskConfig(name=task)
     for kind, payload in model_payloads(cfg).items():
         path = cache.entry_path(cache.SHIPPED_ROOT, task, kind, payload)
-        assert path.exists(), f"no shipped {kind} for the default {task} config: run `pgraft pretrain --task {task} --ship`"
+        assert path.exists(), f"no shipped {kind} for the default {task}: run `pgraft pretrain --task {task} --ship`"
         state, meta = load_state(path)  # verifies the checksum
         assert meta["kind"] == kind
         assert meta["config"] == json.loads(json.dumps(payload, default=str)), f"{task} {kind}: config drifted"
@@ -125,3 +125,8 @@ def test_tiny_bases_measure_the_real_images_and_each_variant(tmp_path):
         assert (tmp_path / "out" / f).exists()
     with pytest.raises(C.ConfigError, match="chosen by the tasks and variants"):
         C.build(C.BasesConfig, {"task": {"base": "undertrained"}})
+
+
+def test_sweep_levels_that_round_to_one_step_are_refused():
+    with pytest.raises(C.ConfigError, match="same N_I twice"):
+        C.build(C.SweepConfig, {}, ["n_i_fracs=[0.24, 0.25]"])  # both are step 6 of 25

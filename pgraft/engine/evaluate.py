@@ -48,11 +48,14 @@ class Evaluation:
         }
 
 
+Z95 = 1.959964  # the normal distribution's two-sided 95% quantile
+
+
 def mean_ci95(values: torch.Tensor) -> tuple[float, tuple[float, float]]:
     """Mean and normal-approximation 95% confidence interval (n ≥ 30 in every use here)."""
     v = values.double()
     mean = float(v.mean())
-    half = 1.959964 * float(v.std(unbiased=True)) / math.sqrt(v.numel()) if v.numel() > 1 else float("nan")
+    half = Z95 * float(v.std(unbiased=True)) / math.sqrt(v.numel()) if v.numel() > 1 else float("nan")
     return mean, (mean - half, mean + half)
 
 

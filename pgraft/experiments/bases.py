@@ -22,19 +22,23 @@ from ..config import BasesConfig, PGraftConfig
 from ..engine.compose import Single
 from ..engine.evaluate import diversity, mean_ci95
 from ..report import save_grid, table
+from ..rewards.base import score
 from ..tasks import Task, prepare_task
 from .common import evaluate_on_task, judge_fid
 from .run_dir import RunDir
 
-COLUMNS = ["task", "model", "quality", "quality_confident", "fid", "reward_mean", "reward_ci95", "accuracy", "diversity"]
+COLUMNS = [
+    "task", "model", "quality", "quality_confident", "fid", "reward_mean", "reward_ci95", "accuracy", "diversity",
+]  # fmt: skip
 
 
 @torch.no_grad()
 def image_metrics(task: Task, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, confident: float):
-    """The quality, FID, reward and accuracy of ``images`` prompted with ``labels``."""
+    """The quality, FID, reward (the task's own reward function) and accuracy of ``images``
+    prompted with ``labels``."""
     probs = task.reward.judge(images).softmax(dim=1)
     conf = probs.max(dim=1).values
-    reward_mean, ci = mean_ci95(probs.gather(1, labels.view(-1, 1)).squeeze(1))
+    reward_mean, ci = mean_ci95(score(task.reward, images, labels))
     return {
         "quality": float(conf.mean()),
         "quality_confident": float((conf >= confident).float().mean()),

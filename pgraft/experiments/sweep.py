@@ -15,9 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import SweepConfig
-from ..errors import ConfigError
 from ..engine.compose import Single
+from ..engine.evaluate import Z95
 from ..engine.rollout import rollout, run_chain
+from ..errors import ConfigError
 from ..models.schedule import Schedule
 from ..report import plot_sweep, table
 from ..rewards.base import score
@@ -78,7 +79,7 @@ def pool(stats: list[tuple[int, float, float]]) -> tuple[float, tuple[float, flo
     n = sum(k for k, _, _ in stats)
     mean = sum(k * m for k, m, _ in stats) / n
     ss = sum((k - 1) * s**2 + k * (m - mean) ** 2 for k, m, s in stats)
-    half = 1.959964 * math.sqrt(ss / (n - 1) / n)
+    half = Z95 * math.sqrt(ss / (n - 1) / n)
     return mean, (mean - half, mean + half)
 
 

@@ -26,8 +26,8 @@ from ..errors import CheckpointError, ConfigError
 from ..io import save_state
 from ..models.schedule import Schedule
 from ..models.unet import ClassConditionalUNet
-from ..seeding import derive_seed
 from ..rewards.judge import JudgeReward
+from ..seeding import derive_seed
 from . import animals, cache, digits
 from .digits import ImageData, decode
 from .judge import JudgeNet, accuracy, train_judge
@@ -218,7 +218,12 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
     )
     judge_acc = accuracy(judge, decode(data.test_x), data.test_y)
     base, base_path = _pretrained(
-        cfg, "base", lambda: pretrain_base(cfg, data, progress), lambda: spec.build_base(cfg), force=force, collective=True
+        cfg,
+        "base",
+        lambda: pretrain_base(cfg, data, progress),
+        lambda: spec.build_base(cfg),
+        force=force,
+        collective=True,
     )
 
     reward = JudgeReward(judge)

@@ -71,4 +71,5 @@ def load_entry(path: Path):
     try:
         return load_state(path)
     except CheckpointError as exc:
-        raise CheckpointError(f"pretrained model is unusable: {exc}. Rebuild it with `pgraft pretrain --force`.") from None
+        fix = "Rebuild it with `pgraft pretrain --force`."
+        raise CheckpointError(f"pretrained model is unusable: {exc}. {fix}") from None
