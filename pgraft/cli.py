@@ -1,4 +1,4 @@
-"""The `pgraft` command: pretrain, bases, demo, sweep, train, inc, sample.
+"""The `pgraft` command: pretrain, bases, demo, sweep, compare, train, inc, sample.
 
 `train` also runs under the DeepSpeed launcher, one process per rank:
     deepspeed --num_gpus 8 -m pgraft.cli train --config configs/digits_train.yaml --out runs/train
@@ -67,6 +67,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="instead of running: merge finished sweeps of one config that ran different seeds into --out",
     )
+    p = sub.add_parser("compare", help="base, DDPO, GRPO, GRAFT and P-GRAFT at equal samples; curves and costs")
+    _common(p, "runs/compare")
+    p.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the config's seeds, 0 1 2)")
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="instead: the baselines' lr × clip-range search on one seed (its own held-out seeds)",
+    )
     p = sub.add_parser("train", help="one P-GRAFT run on one or many ranks, checkpointed and resumable")
     _common(p, None)
     p.add_argument("--out", type=Path, help="run folder (default: the --resume folder, else runs/train)")
@@ -134,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                 merge_sweeps(args.merge, args.out)
                 return 0
             run_sweep(C.load(C.SweepConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
+        elif args.command == "compare":
+            from .experiments.compare import run_compare, run_tune
+
+            extra = [f"seeds={list(range(args.seeds))}"] if args.seeds is not None else []
+            cfg = C.load(C.CompareConfig, args.config, _overrides(args, "task.") + extra)
+            (run_tune if args.tune else run_compare)(cfg, args.out, force=args.force)
         elif args.command == "train":
             return _train(args)
         elif args.command == "inc":

@@ -91,9 +91,10 @@ class TaskConfig(_Strict):
 
 
 class SamplerConfig(_Strict):
-    kind: Literal["ddim", "ddpm"] = "ddim"
+    # flow_sde: Flow-GRPO's stochastic step, for flow (velocity) bases; eta is its noise level a
+    kind: Literal["ddim", "ddpm", "flow_sde"] = "ddim"
     steps: int = Field(25, ge=1, le=1000)
-    eta: float = Field(1.0, ge=0, le=1)  # DDIM only; eta=1 is DDPM-like and makes completions random
+    eta: float = Field(1.0, ge=0, le=1)  # DDIM: eta=1 is DDPM-like and makes completions random
     guidance_scale: float = Field(1.0, ge=0)  # 1: conditional only (no CFG pass)
 
     @model_validator(mode="after")
@@ -148,12 +149,47 @@ class TrainConfig(_Strict):
     cond_dropout: float = Field(0.0, ge=0, lt=1)
 
 
-class PGraftConfig(_Strict):
-    """One P-GRAFT run: ``rounds`` of rollout → reward → select → buffer → train.
+Algorithm = Literal["pgraft", "ddpo", "grpo"]
 
-    ``n_i`` is the intermediate sampler step N_I in [0, sampler.steps); 0 is GRAFT.
+
+class PolicyGradientConfig(_Strict):
+    """DDPO / GRPO (METHOD.md §4; docs/policy_gradient.md): PPO-clip over the sampler's chain.
+
+    Defaults are ddpo-pytorch's (config/base.py) except where marked *(ours)*.
     """
 
+    clip_range: float = Field(1e-4, gt=0, lt=1)  # PPO clip of the per-step ratio
+    adv_clip_max: float = Field(5.0, gt=0)  # advantages clipped to [-max, max]
+    inner_epochs: int = Field(1, ge=1)  # passes over each round's trajectories
+    timestep_fraction: float = Field(1.0, gt=0, le=1)  # share of each trajectory's steps trained
+    # per-step KL to the base model, closed form for two Gaussians of one σ (Flow-GRPO's beta);
+    # 0 = DDPO as published, > 0 = DPOK-like
+    kl_coef: float = Field(0.0, ge=0)
+    # DDPO's per-condition tracker: a window of the last `stat_window` rewards per condition,
+    # batch statistics until it holds `stat_min_count`. ddpo-pytorch: 16 and 16 over ~1 sample
+    # per prompt and epoch; ours: 128 (two rounds of M = 64), so the window is not just the last
+    # quarter of this round's group.
+    stat_window: int = Field(128, ge=1)
+    stat_min_count: int = Field(16, ge=1)
+    # GRPO (Flow-GRPO): centre per group, scale by the std of the whole round (global_std, its
+    # default) or of the group
+    global_std: bool = True
+    # the reference code averages the Gaussian log-density over the D dimensions, which keeps
+    # ratios near 1 for large D; "sum" is the exact log-probability
+    log_prob_reduction: Literal["mean", "sum"] = "mean"
+
+
+class PGraftConfig(_Strict):
+    """One run of the engine's round loop: ``rounds`` of rollout → reward → select → buffer → train.
+
+    ``algorithm`` chooses what a round learns from its rollout: ``pgraft`` (GRS acceptance and
+    the denoising loss; ``n_i`` is the intermediate sampler step N_I in [0, sampler.steps), 0 is
+    GRAFT), or the policy-gradient baselines ``ddpo`` and ``grpo`` (``pg``; every sample is kept
+    with its advantage, one optimizer step per batch of ``train.batch_size`` trajectories).
+    """
+
+    algorithm: Algorithm = "pgraft"
+    pg: PolicyGradientConfig = PolicyGradientConfig()
     n_i: int = Field(0, ge=0)
     samples_per_condition: int = Field(64, ge=1, le=4096)  # M
     rounds: int = Field(3, ge=1)
@@ -167,7 +203,17 @@ class PGraftConfig(_Strict):
     def _cross_checks(self):
         if self.n_i >= self.sampler.steps:
             raise ValueError(f"n_i={self.n_i} must lie in [0, sampler.steps={self.sampler.steps})")
-        if self.select.rule in ("top_k", "dedup") and self.select.k > self.samples_per_condition:
+        if self.algorithm != "pgraft" and self.n_i != 0:
+            raise ValueError(f"n_i={self.n_i} applies to algorithm=pgraft; {self.algorithm} trains the whole chain")
+        if self.algorithm != "pgraft" and self.sampler.kind == "ddim" and self.sampler.eta == 0:
+            raise ValueError(f"{self.algorithm} needs a stochastic sampler: set sampler.eta > 0")
+        if self.algorithm == "grpo" and self.samples_per_condition < 2:
+            raise ValueError("grpo normalises within groups: samples_per_condition must be >= 2")
+        if (
+            self.algorithm == "pgraft"
+            and self.select.rule in ("top_k", "dedup")
+            and self.select.k > self.samples_per_condition
+        ):
             raise ValueError(
                 f"select.k={self.select.k} exceeds samples_per_condition={self.samples_per_condition} (K must be <= M)"
             )
@@ -233,6 +279,79 @@ class SweepConfig(_Strict):
                 if not 0.0 <= f < 1.0:
                     raise ValueError(f"{field} entries must lie in [0, 1), got {f}")
         return self
+
+
+CompareMethod = Literal["ddpo", "grpo", "graft", "pgraft"]
+
+
+class TuneConfig(_Strict):
+    """`pgraft compare --tune`: the baselines' small search, one seed, on its own held-out seeds."""
+
+    lrs: list[float] = Field(default_factory=lambda: [3e-4, 1e-3, 3e-3], min_length=1)
+    clip_ranges: list[float] = Field(default_factory=lambda: [1e-4, 1e-2], min_length=1)
+    seed: int = 100  # a rollout seed no compared run uses
+    eval_seed: int = 2_000_003  # held-out seeds disjoint from the comparison's eval.seed
+
+
+class CompareConfig(_Strict):
+    """`pgraft compare`: base, DDPO, GRPO, GRAFT and P-GRAFT at the same number of samples drawn.
+
+    Every method starts from ``method`` (the shared budget: M, rounds, sampler, rollout seeds)
+    with its own changes: ``n_i`` for P-GRAFT, ``ddpo``/``grpo`` for the baselines (fields of
+    PGraftConfig, e.g. {train: {lr: ...}, pg: {clip_range: ...}}: the tuned values, README).
+    """
+
+    task: TaskConfig = TaskConfig()
+    # half the demo's budget (M = 32, 150 steps a round), so 5 methods × 3 seeds fit the time limits
+    method: PGraftConfig = Field(
+        default_factory=lambda: PGraftConfig(samples_per_condition=32, train={"steps_per_round": 150})
+    )
+    methods: list[CompareMethod] = Field(default_factory=lambda: ["ddpo", "grpo", "graft", "pgraft"], min_length=1)
+    pgraft_n_i: list[int] = Field(default_factory=lambda: [6, 12], min_length=1)  # the sweep's best (0.25·S) and 0.5·S
+    ddpo: dict[str, Any] = Field(default_factory=lambda: {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}})
+    grpo: dict[str, Any] = Field(default_factory=lambda: {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}})
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    eval: EvalConfig = EvalConfig()  # the final evaluation
+    curve_samples_per_class: int = Field(20, ge=2)  # the evaluation after every round
+    tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="after")
+    def _methods_valid(self):
+        _n_i_is_chosen_by_the_experiment(self.method, "pgraft_n_i")
+        if self.method.algorithm != "pgraft":
+            raise ValueError("method.algorithm is chosen per method by the comparison; leave it at pgraft")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        for n_i in self.pgraft_n_i:
+            if not 1 <= n_i < self.method.sampler.steps:
+                raise ValueError(f"pgraft_n_i entries must lie in [1, {self.method.sampler.steps}), got {n_i}")
+        for name in self.methods:
+            self.method_configs(name, self.seeds[0])  # raises, naming the method, if invalid
+        return self
+
+    def method_configs(self, name: str, seed: int) -> dict[str, PGraftConfig]:
+        """The runs behind a method name at one seed: {run name: its config}."""
+        base = self.method.model_dump()
+        if name in ("ddpo", "grpo"):
+            changes = {**getattr(self, name), "algorithm": name}
+            return {name: _validated_method(deep_merge(base, changes), name, seed)}
+        if name == "graft":
+            return {"graft": _validated_method(base, name, seed)}
+        return {f"pgraft_{n}": _validated_method({**base, "n_i": n}, name, seed) for n in self.pgraft_n_i}
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _validated_method(data: dict, name: str, seed: int) -> PGraftConfig:
+    try:
+        return PGraftConfig.model_validate({**data, "seed": seed})
+    except ValidationError as exc:
+        raise ValueError(f"the {name} method's config is invalid: {_describe(exc)}") from None
 
 
 class BasesConfig(_Strict):

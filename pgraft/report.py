@@ -114,6 +114,39 @@ def plot_sweep(
     return save_figure(fig, path)
 
 
+def plot_compare(methods: dict[str, dict], folder: str | Path, title: str | None = None) -> list[Path]:
+    """Held-out reward against samples drawn and against network passes, one line per method
+    (the pooled mean over seeds, shaded ± the seeds' std), the base as a dashed line."""
+    paths = []
+    base = methods.get("base", {}).get("final", {}).get("reward_mean")
+    for key, xlabel, name in (
+        ("samples", "samples drawn", "reward_vs_samples.png"),
+        ("passes", "network passes (rows forward + backward, sampling + training)", "reward_vs_passes.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, entry in methods.items():
+            curve = entry.get("curve")
+            if not curve:
+                continue
+            x = np.array([p[key] for p in curve], dtype=float)
+            y = np.array([p["reward_mean"] for p in curve])
+            spread = np.array([p.get("reward_seed_std", 0.0) for p in curve])
+            ax.plot(x, y, marker="o", ms=3, label=method)
+            ax.fill_between(x, y - spread, y + spread, alpha=0.2)
+        if base is not None:
+            ax.axhline(base, color="gray", ls="--", label="base")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out mean reward")
+        if key == "samples":
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if title:
+            ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        paths.append(save_figure(fig, Path(folder) / name))
+    return paths
+
+
 def plot_fid_flops(rows: list[dict], path: str | Path) -> Path:
     """FID (mean ± std over seeds) against FLOPs per image: the base's curve, corrected points."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))

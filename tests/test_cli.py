@@ -175,3 +175,52 @@ def test_tiny_inc_writes_the_documented_results(tmp_path, monkeypatch):
     assert len(cached) == 1  # `pgraft pretrain --model flow` finds the same cache entry
     assert main(["pretrain", "--model", "flow", "--config", str(tmp_path / "inc.yaml")]) == 0
     assert sorted((tmp_path / "cache" / "digits").glob("flow-base-*")) == cached
+
+
+def test_tiny_compare_writes_curves_costs_and_the_documented_shape(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PGRAFT_CACHE", str(tmp_path / "cache"))
+    tiny = ROOT / "configs" / "tiny_compare.yaml"
+    assert main(["compare", "--config", str(tiny), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert res["task"] == "digits" and res["complete"] and res["seeds"] == [0, 1]
+    assert set(res["methods"]) == {"base", "ddpo", "grpo", "graft", "pgraft_2"}
+    final_keys = {
+        "reward_mean",
+        "reward_ci95",
+        "reward_seed_std",
+        "accuracy",
+        "diversity",
+        "samples",
+        "passes",
+        "wall_s",
+    }
+    assert final_keys <= set(res["methods"]["base"]["final"])
+    for name, m in res["methods"].items():
+        if name == "base":
+            continue
+        f = m["final"]
+        assert final_keys <= set(f), name
+        assert f["samples"] == 2 * 10 * 4  # equal samples: 2 rounds of M = 4 for 10 classes
+        assert f["sampling_forward"] == f["samples"] * 4  # 4 sampler steps, no CFG
+        assert f["passes"] == f["sampling_forward"] + f["train_forward"] + f["train_backward"] > f["sampling_forward"]
+        curve = m["curve"]
+        assert [p["samples"] for p in curve] == [0, 40, 80]
+        assert all({"samples", "passes", "reward_mean", "reward_ci95"} <= set(p) for p in curve)
+        assert [p["passes"] for p in curve] == sorted(p["passes"] for p in curve)
+        lo, hi = f["reward_ci95"]
+        assert lo <= f["reward_mean"] <= hi
+    # DDPO trains every trajectory on its 3 stochastic steps (the 4th DDIM step is deterministic)
+    assert res["methods"]["ddpo"]["final"]["train_backward"] == 2 * 40 * 3
+    assert res["methods"]["graft"]["final"]["train_backward"] == 2 * 3 * 8
+    for f in ("reward_vs_samples.png", "reward_vs_passes.png", "grid_ddpo.png", "grid_pgraft_2.png"):
+        assert (tmp_path / "cmp" / f).exists(), f
+    assert "grpo" in capsys.readouterr().out
+
+    assert (
+        main(["compare", "--config", str(tiny), "--tune", "--set", "methods=[ddpo]", "--out", str(tmp_path / "tune")])
+        == 0
+    )
+    tune = json.loads((tmp_path / "tune" / "results.json").read_text())
+    assert [(r["lr"], r["clip_range"]) for r in tune["rows"]] == [(0.001, 0.0001), (0.001, 0.01)]
+    assert tune["best"]["ddpo"] in tune["rows"]
+    assert "best ddpo: --set ddpo.train.lr=" in capsys.readouterr().out

@@ -40,7 +40,11 @@ def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank
     log = finish(proc)
     assert "2 rank(s); weights identical across ranks: True" in log
     assert not shm_segments(proc.master_port)  # DeepSpeed's 66 MB per-rank segments are not left in RAM
-    two, one = results(out), results(one_rank_runs[mode, accum])
+    _assert_same_training(train_cache, out, one_rank_runs[mode, accum], mode)
+
+
+def _assert_same_training(train_cache, out, one_out, mode):
+    two, one = results(out), results(one_out)
     assert two["world_size"] == 2 and one["world_size"] == 1
     digests = two["param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # bit-identical across the ranks
@@ -48,14 +52,15 @@ def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank
     # Same samples, same selection, same data: per-round statistics agree to float precision.
     for h2, h1 in zip(two["history"], one["history"], strict=True):
         assert h2["accepted"] == h1["accepted"] and h2["samples_drawn"] == h1["samples_drawn"]
+        assert h2["train_backward"] == h1["train_backward"]
         assert h2["rollout_reward_mean"] == pytest.approx(h1["rollout_reward_mean"], rel=1e-5)
-        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5)
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5, abs=1e-6)
     m2, m1 = two["models"]["pgraft"], one["models"]["pgraft"]
     assert m2["reward_mean"] == pytest.approx(m1["reward_mean"], abs=1e-3)
 
     # The update from the base agrees (relative L2); under LoRA the base weights are untouched.
     base = tiny_train_task(train_cache).base.state_dict()
-    w2, w1 = weights(out), weights(one_rank_runs[mode, accum])
+    w2, w1 = weights(out), weights(one_out)
     assert set(w2) == set(w1)
     if mode == "full":
         d1 = torch.cat([(w1[k].double() - base[k].double()).flatten() for k in sorted(w1)])
@@ -68,6 +73,19 @@ def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank
         d2 = torch.cat([w2[k].double().flatten() for k in sorted(w1) if "lora_B" in k])
     assert float(d1.norm()) > 0
     assert float((d2 - d1).norm() / d1.norm()) < 0.05
+
+
+# DDPO: trajectories sharded across ranks, the per-condition statistics computed on the whole round
+DDPO = ["method.algorithm=ddpo", "method.n_i=0", "method.pg.clip_range=0.1", "method.pg.stat_min_count=4"]
+
+
+def test_two_rank_ddpo_equals_one_rank(train_cache, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    finish(one_rank(one, train_cache, DDPO + ["method.train.batch_size=4"]))
+    proc = two_ranks(two, train_cache, DDPO + ["method.train.batch_size=2", "method.train.zero_stage=2"])
+    assert "2 rank(s); weights identical across ranks: True" in finish(proc)
+    assert results(one)["history"][0]["train_backward"] == 40 * 3  # every trajectory, its 3 stochastic steps
+    _assert_same_training(train_cache, two, one, "full")
 
 
 LONG = ["method.rounds=50", "method.train.steps_per_round=50", "distributed.timeout_s=8"]

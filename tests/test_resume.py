@@ -109,3 +109,23 @@ def test_two_ranks_killed_and_resumed_match_an_uninterrupted_two_rank_run(train_
     w_ref, w_out = weights(ref), weights(out)
     for k, v in w_ref.items():
         torch.testing.assert_close(w_out[k], v, rtol=1e-5, atol=1e-6)
+
+
+# DDPO: 40 trajectories a round in minibatches of 2, two inner epochs = 40 steps a round; from
+# round 1 on the per-condition windows (4 rewards suffice) shape the advantages, so a resume that
+# lost them would differ.
+DDPO = [
+    "method.algorithm=ddpo", "method.n_i=0", "method.train.batch_size=2", "method.pg.inner_epochs=2",
+    "method.pg.stat_min_count=4", "method.pg.clip_range=0.1", "checkpoint.every_steps=5", "checkpoint.keep_last=2",
+]  # fmt: skip
+
+
+def test_a_killed_ddpo_run_resumes_bit_identically(train_cache, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    finish(one_rank(ref, train_cache, DDPO))
+    state = _kill_inside_round(one_rank(out, train_cache, DDPO), out, round_=0)
+    assert state["in_round"] and 0 < state["step"] < 40 and len(state["learner"]["tracker"]) == 10
+    state = _kill_inside_round(one_rank(out, train_cache, [], resume=True), out, round_=1)
+    assert state["in_round"] and state["round"] == 1
+    assert "resumed from ckpt-r00001" in finish(one_rank(out, train_cache, [], resume=True))
+    _same_run(ref, out)

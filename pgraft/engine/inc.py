@@ -109,13 +109,17 @@ def invert(
     return z, report
 
 
-def flow_matching_loss(model: nn.Module, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def flow_matching_loss(
+    model: nn.Module, x0: torch.Tensor, generator: torch.Generator, cond: torch.Tensor | None = None
+) -> torch.Tensor:
     """Rectified-flow regression: x_σ = (1 − σ)·x_0 + σ·ε, target v = ε − x_0, σ ~ U(0, 1)."""
     sigma = torch.rand(x0.shape[0], generator=generator)
     eps = torch.randn(x0.shape, generator=generator)
     s = sigma.view(-1, *([1] * (x0.ndim - 1)))
     x_t = (1 - s) * x0 + s * eps
-    return ((model(x_t, sigma * NUM_TRAIN_TIMESTEPS) - (eps - x0)) ** 2).mean()
+    t = sigma * NUM_TRAIN_TIMESTEPS
+    out = model(x_t, t) if cond is None else model(x_t, t, cond)
+    return ((out - (eps - x0)) ** 2).mean()
 
 
 def train_flow(
@@ -128,8 +132,15 @@ def train_flow(
     seed: int,
     progress: bool = True,
     desc: str = "train flow",
+    labels: torch.Tensor | None = None,
+    null_label: int | None = None,
+    cond_dropout: float = 0.1,
 ) -> list[float]:
-    """AdamW on the flow-matching loss, minibatches drawn with replacement; seeded."""
+    """AdamW on the flow-matching loss, minibatches drawn with replacement; seeded.
+
+    With ``labels`` the model is class-conditional (``model(x, t, cond)``); a ``cond_dropout``
+    share of each batch sees ``null_label`` instead, so the model can sample with CFG.
+    """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -138,7 +149,11 @@ def train_flow(
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for _ in bar:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=g)
-        loss = flow_matching_loss(model, data[idx], g)
+        cond = None
+        if labels is not None:
+            drop = torch.rand(batch_size, generator=g) < cond_dropout
+            cond = torch.where(drop, torch.full_like(labels[idx], null_label), labels[idx])
+        loss = flow_matching_loss(model, data[idx], g, cond)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

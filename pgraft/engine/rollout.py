@@ -29,6 +29,9 @@ class Rollout:
     cond: torch.Tensor  # [N] condition of each row
     n_i: int
     start: int = 0  # global index of the first row (a rank's shard starts there)
+    # with record=True (the policy-gradient baselines): the whole chain and its log-probabilities
+    states: torch.Tensor | None = None  # [N, S + 1, ...]: states[:, i] is the input of sampler step i
+    log_prob: torch.Tensor | None = None  # [N, S] float32: log p(states[:, i+1] | states[:, i])
 
     def gathered(self) -> "Rollout":
         """Every rank's rows, in global order (identity in a single process)."""
@@ -47,10 +50,13 @@ def run_chain(
     keep: tuple[int, ...] = (),
     guidance_scale: float = 1.0,
     null_label: int | None = None,
+    log_probs: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Denoise ``x`` (state x_{start_state}, default x_S) down to x_0.
 
-    Returns x_0 and the states x_n for n in ``keep`` (n = start_state keeps the input).
+    Returns x_0 and the states x_n for n in ``keep`` (n = start_state keeps the input). A list
+    passed as ``log_probs`` receives each step's log p(x_prev | x_t) [B] (of the guided output
+    under CFG), from the fused step.
     """
     steps = schedule.steps
     start_state = steps if start_state is None else start_state
@@ -67,7 +73,7 @@ def run_chain(
         else:
             out, uncond = model(x, t, cond), None
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-        x = denoise_step(
+        stepped = denoise_step(
             x,
             out,
             step,
@@ -76,8 +82,12 @@ def run_chain(
             uncond_output=uncond,
             guidance_scale=guidance_scale,
             return_x0=False,
+            return_log_prob=log_probs is not None,
             inplace=step > steps - start_state,  # never overwrite the caller's starting tensor
-        ).prev_sample
+        )
+        x = stepped.prev_sample
+        if log_probs is not None:
+            log_probs.append(stepped.log_prob)
         n = steps - step - 1
         if n in keep:
             kept[n] = x.clone()
@@ -101,6 +111,7 @@ def rollout(
     on_chunk: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
     progress: bool = False,
     desc: str = "rollout",
+    record: bool = False,
 ) -> Rollout:
     """Sample one trajectory per entry of ``cond`` (repeat a condition M times for a group).
 
@@ -108,30 +119,41 @@ def rollout(
     rank samples only its share of the chunks, and the result's ``start`` says where it begins.
     Noise is drawn on the CPU (reproducible everywhere) and sampling runs on ``device`` (default:
     the CPU); x_0 and x_{N_I} come back on that device. ``on_chunk(x0, cond)`` is called as each
-    chunk finishes (the reward pipeline scores it while the next chunk samples).
+    chunk finishes (the reward pipeline scores it while the next chunk samples). ``record`` keeps
+    every state of the chain and every step's log-probability (policy-gradient training).
     """
     start, stop = shard_range(cond.shape[0], batch_size) if shard else (0, cond.shape[0])
-    x0s, xnis = [], []
+    x0s, xnis, chains, lps = [], [], [], []
+    steps = schedule.steps
     chunks = range(start, stop, batch_size)
     for lo in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         gen = generator(*seed, "chunk", lo // batch_size)
         c = cond[lo : min(lo + batch_size, stop)]
         x = torch.randn((c.shape[0], *sample_shape), generator=gen).to(device or "cpu")
+        log_probs = [] if record else None
         x0, kept = run_chain(
             policy,
             schedule,
             x,
             c.to(x.device),
             gen,
-            keep=(n_i,) if n_i > 0 else (),
+            keep=tuple(range(steps, -1, -1)) if record else (n_i,) if n_i > 0 else (),
             guidance_scale=guidance_scale,
             null_label=null_label,
+            log_probs=log_probs,
         )
         x0s.append(x0)
         xnis.append(kept[n_i] if n_i > 0 else x0)
+        if record:
+            chains.append(torch.stack([kept[n] for n in range(steps, 0, -1)] + [x0], 1))
+            lps.append(torch.stack(log_probs, 1))
         if on_chunk is not None:
             on_chunk(x0, c)
     empty = torch.empty((0, *sample_shape), device=device)
     x0 = torch.cat(x0s) if x0s else empty
     x_ni = torch.cat(xnis) if xnis else empty
-    return Rollout(x0, x_ni, cond[start:stop].clone(), n_i, start)
+    states = log_prob = None
+    if record:
+        states = torch.cat(chains) if chains else torch.empty((0, steps + 1, *sample_shape), device=device)
+        log_prob = torch.cat(lps) if lps else torch.empty((0, steps), device=device)
+    return Rollout(x0, x_ni, cond[start:stop].clone(), n_i, start, states, log_prob)

@@ -1,7 +1,11 @@
-"""The P-GRAFT round loop (METHOD.md §1–2): rollout → reward → select → buffer → train.
+"""The round loop (METHOD.md §1–2, §4): rollout → reward → select → buffer → train.
 
 Round k+1 samples from the composed model of round k (fine-tuned from T to N_I, base below).
 N_I = 0 is GRAFT. The fine-tuned network is a full copy of the base or a LoRA adapter over it.
+What a round keeps and learns is its *learner*, chosen once by ``method.algorithm``:
+:class:`RejectionSampling` (GRS acceptance, denoising loss: GRAFT / P-GRAFT) or
+:class:`~.policy_gradient.PolicyGradient` (advantages, PPO loss: DDPO / GRPO). Both share the
+rollout, the reward pipeline, the C++ buffer, the DeepSpeed engine and the checkpoints.
 
 Across ranks (docs/distributed.md): each rank samples a contiguous share of the round's rollout
 chunks (seeds per chunk, so the samples do not depend on the world size) and scores its own
@@ -25,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..buffer import TrajectoryBuffer
 from ..config import PGraftConfig, to_yaml
+from ..errors import ConfigError
 from ..kernels.select import gather_rows
 from ..models.schedule import Schedule
 from ..rewards.base import RewardFn
@@ -32,9 +37,10 @@ from ..rewards.overlap import OverlappedScorer
 from ..seeding import generator
 from .checkpoint import Checkpointer, checkpoint_name, restore_rng, rng_state
 from .compose import AdapterOff, Composed
-from .distributed import all_gather_rows, rank
+from .distributed import all_gather_rows, rank, world_size
+from .policy_gradient import PolicyGradient
 from .rollout import Rollout, rollout
-from .select import select
+from .select import Acceptance, select
 from .train import DenoisingTrainer, TrainingData, make_trainable
 
 log = logging.getLogger("pgraft")
@@ -50,6 +56,10 @@ class RoundLog:
     accepted_reward_mean: float
     train_loss: float
     wall_s: float
+    # network passes spent, counted in rows (one sample through the network once; CFG counts 2)
+    rollout_forward: int = 0
+    train_forward: int = 0
+    train_backward: int = 0
 
 
 @dataclass
@@ -77,6 +87,40 @@ def training_data(buffer: TrajectoryBuffer, cfg: PGraftConfig, schedule: Schedul
     return TrainingData(buffer=buffer, field="x0", level=-1, t_min=s + 1)
 
 
+class RejectionSampling:
+    """GRAFT / P-GRAFT (``algorithm: pgraft``): accept by a GRS rule, train the denoising loss."""
+
+    record = False
+    passes = 1
+
+    def __init__(self, cfg: PGraftConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.needs_samples = cfg.select.rule == "dedup"
+
+    def fields(self, sample_shape: tuple[int, ...], steps: int) -> dict:
+        return {"x_ni": (sample_shape, torch.float32), "x0": (sample_shape, torch.float32), "cond": ((), torch.int64)}
+
+    def row_fields(self, traj: Rollout) -> dict[str, torch.Tensor]:
+        return {"x_ni": traj.x_ni, "x0": traj.x0}
+
+    def accept(self, rewards: torch.Tensor, groups: int, round_: int, samples=None) -> Acceptance:
+        table = rewards.view(groups, -1)
+        sel = select(table, self.cfg.select, generator=generator(self.seed, "select", round_), samples=samples)
+        return Acceptance(sel.indices.sort().values, {}, sel.invalid)
+
+    def training_data(self, buffer: TrajectoryBuffer, schedule: Schedule) -> TrainingData:
+        return training_data(buffer, self.cfg, schedule)
+
+    def steps_per_round(self, rows: int, global_batch: int) -> int:
+        return self.cfg.train.steps_per_round
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 @dataclass
 class LoopState:
     """Where a run stands: everything a resumed run needs besides the engine, RNGs and buffer."""
@@ -89,10 +133,12 @@ class LoopState:
     stream: dict | None = None  # the batch stream's position
     history: list[dict] = field(default_factory=list)  # RoundLogs of finished rounds
     wall_s: float = 0.0  # time spent before the last checkpoint (a resumed run adds to it)
+    learner: dict = field(default_factory=dict)  # the learner's state (DDPO's reward windows)
+    passes: list[int] = field(default_factory=lambda: [0, 0])  # this round's training rows forward, backward
 
 
 class PGraftLoop:
-    """``cfg.rounds`` rounds of P-GRAFT at ``cfg.n_i``; resumable from its checkpoints."""
+    """``cfg.rounds`` rounds of ``cfg.algorithm`` (P-GRAFT at ``cfg.n_i``, DDPO or GRPO); resumable."""
 
     def __init__(
         self,
@@ -124,10 +170,22 @@ class PGraftLoop:
         self.run_config = run_config if run_config is not None else to_yaml(cfg)
         s = cfg.sampler
         self.schedule = Schedule.from_scheduler_config(base.scheduler_config, s.steps, s.kind, s.eta)
+        if cfg.algorithm == "pgraft" and self.schedule.alphas_cumprod is None:
+            raise ConfigError(
+                f"algorithm=pgraft trains a denoising loss: the {s.kind} sampler has no ᾱ (use grpo/ddpo)"
+            )
+        if cfg.algorithm != "pgraft" and keep_rounds != 1:
+            raise ValueError(f"{cfg.algorithm} is on-policy: it trains on its own round only (keep_rounds=1)")
         self.model = make_trainable(base, cfg.train, cfg.seed)
+        if cfg.algorithm == "pgraft":
+            self.learner = RejectionSampling(cfg, cfg.seed)
+        else:
+            device = next(self.model.parameters()).device
+            reference = self._base_view(self.model) if cfg.pg.kl_coef > 0 else None
+            self.learner = PolicyGradient(cfg, self.schedule, null_label, reference, device)
         self.trainer = DenoisingTrainer(
             self.model, self.schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed,
-            timeout_s=timeout_s,
+            timeout_s=timeout_s, passes=self.learner.passes,
         )  # fmt: skip
         self.device = self.trainer.device
         self.base = base.to(self.device)  # the frozen base samples below N_I beside the trained network
@@ -135,7 +193,7 @@ class PGraftLoop:
         # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
         # before each append, so a full buffer would be a bug: refuse rather than evict silently.
         self.buffer = TrajectoryBuffer(
-            {"x_ni": (sample_shape, torch.float32), "x0": (sample_shape, torch.float32), "cond": ((), torch.int64)},
+            self.learner.fields(sample_shape, self.schedule.steps),
             capacity=keep_rounds * num_conditions * cfg.samples_per_condition,
             full_policy="refuse",
         )
@@ -151,6 +209,7 @@ class PGraftLoop:
         state, rng, self.buffer = checkpoints.load(path, self.trainer.engine)
         state.pop("world_size")
         self.state = LoopState(**state)
+        self.learner.load_state_dict(self.state.learner)
         restore_rng(rng, self.trainer.generator)
         log.info("%s: resumed from %s (round %d, step %d)", self.name, path.name, self.state.round, self.state.step)
         return path
@@ -162,6 +221,7 @@ class PGraftLoop:
         self._segment_start = now
         if st.in_round:
             st.stream = self.trainer.stream.state_dict()
+        st.learner = self.learner.state_dict()
         self.checkpointer.save(
             checkpoint_name(st.round, st.step),
             engine=self.trainer.engine,
@@ -172,11 +232,14 @@ class PGraftLoop:
         )
 
     # -- the loop ----------------------------------------------------------------------------
+    def _base_view(self, model: nn.Module) -> nn.Module:
+        """The frozen base: the base module, or the LoRA model with its adapter off."""
+        return AdapterOff(model, self.base.prediction_type) if self.cfg.train.mode == "lora" else self.base
+
     def policy(self) -> Composed:
         """The composed sampler of the current weights (whole, under every ZeRO stage)."""
         model = self.trainer.sampling_model().eval()
-        base_view = AdapterOff(model, self.base.prediction_type) if self.cfg.train.mode == "lora" else self.base
-        return Composed(model, base_view, self.cfg.n_i)
+        return Composed(model, self._base_view(model), self.cfg.n_i)
 
     def run(self) -> PGraftRun:
         self._segment_start = time.time()
@@ -190,10 +253,11 @@ class PGraftLoop:
                 st.in_round, st.step, st.losses = True, 0, []
                 if len(self.buffer):
                     self.trainer.attach(self._training_data())
+            steps = self._steps_this_round()
             if len(self.buffer):
                 self.trainer.train(
                     None,
-                    cfg.train.steps_per_round - st.step,
+                    steps - st.step,
                     progress=self.progress,
                     desc=f"{self.name} r{k} train",
                     on_step=lambda _, loss: self._after_step(loss),
@@ -204,12 +268,14 @@ class PGraftLoop:
             fields = dict(st.partial)
             rollout_s = fields.pop("rollout_s")
             entry = RoundLog(
-                round=k, **fields, train_loss=sum(losses) / len(losses), wall_s=rollout_s + time.time() - t0
-            )
+                round=k, **fields, train_loss=sum(losses) / len(losses), wall_s=rollout_s + time.time() - t0,
+                train_forward=st.passes[0], train_backward=st.passes[1],
+            )  # fmt: skip
             st.history.append(asdict(entry))
             if self.on_round is not None:
                 self.on_round(entry)
             st.round, st.in_round, st.step, st.losses, st.partial, st.stream = k + 1, False, 0, [], None, None
+            st.passes = [0, 0]
             if self.checkpointer is not None:
                 self._checkpoint()
         policy = self.policy()  # gathers the weights once under ZeRO-3
@@ -227,17 +293,19 @@ class PGraftLoop:
         st = self.state
         st.step += 1
         st.losses.append(loss)
+        tr = self.trainer
+        st.passes = [st.passes[0] + tr.rows_forward - self._rows[0], st.passes[1] + tr.rows_backward - self._rows[1]]
+        self._rows = (tr.rows_forward, tr.rows_backward)
         every = self.checkpoint_every
-        if (
-            self.checkpointer is not None
-            and every
-            and st.step % every == 0
-            and st.step < self.cfg.train.steps_per_round
-        ):
+        if self.checkpointer is not None and every and st.step % every == 0 and st.step < self._steps_this_round():
             self._checkpoint()
 
+    def _steps_this_round(self) -> int:
+        return self.learner.steps_per_round(len(self.buffer), self.cfg.train.batch_size * world_size())
+
     def _training_data(self) -> TrainingData:
-        return training_data(self.buffer, self.cfg, self.schedule)
+        self._rows = (self.trainer.rows_forward, self.trainer.rows_backward)
+        return self.learner.training_data(self.buffer, self.schedule)
 
     def _collect(self, k: int) -> dict:
         """Rollout → reward → select → buffer for round k; returns the round's log fields so far."""
@@ -261,40 +329,46 @@ class PGraftLoop:
             on_chunk=scorer.submit,
             progress=self.progress,
             desc=f"{self.name} r{k} rollout",
+            record=self.learner.record,
         )
         images, mine = scorer.results(self.sample_shape)
         rewards = all_gather_rows(mine).cpu()  # the whole [G·M] table
-        samples = all_gather_rows(images) if cfg.select.rule == "dedup" else None
-        sel = select(rewards.view(g, m), cfg.select, generator=generator(cfg.seed, "select", k), samples=samples)
-        if sel.invalid:
-            log.warning("%s round %d: %d non-finite rewards excluded", self.name, k, sel.invalid)
+        samples = all_gather_rows(images) if self.learner.needs_samples else None
+        acc = self.learner.accept(rewards, g, k, samples)
+        if acc.invalid:
+            log.warning("%s round %d: %d non-finite rewards excluded", self.name, k, acc.invalid)
         self.buffer.compact(self.buffer.meta()["round"] > k - self.keep_rounds)  # keep the last keep_rounds - 1
-        self._append_accepted(sel.indices.sort().values, traj, rewards, k)
+        self._append_accepted(acc, traj, rewards, k)
         finite = torch.isfinite(rewards)
-        accepted = rewards[sel.indices]
+        accepted = rewards[acc.indices]
+        cfg_mult = 1 if cfg.sampler.guidance_scale == 1.0 else 2
         return {
             "samples_drawn": conds.numel(),
             "rollout_reward_mean": float(rewards[finite].mean()) if bool(finite.any()) else float("nan"),
-            "accepted": sel.count,
-            "invalid_rewards": sel.invalid,
-            "accepted_reward_mean": float(accepted.mean()) if sel.count else float("nan"),
+            "accepted": int(acc.indices.numel()),
+            "invalid_rewards": acc.invalid,
+            "accepted_reward_mean": float(accepted.mean()) if acc.indices.numel() else float("nan"),
             "rollout_s": time.time() - t0,
+            "rollout_forward": conds.numel() * self.schedule.steps * cfg_mult,
         }
 
-    def _append_accepted(self, idx: torch.Tensor, traj: Rollout, rewards: torch.Tensor, k: int) -> None:
+    def _append_accepted(self, acc: Acceptance, traj: Rollout, rewards: torch.Tensor, k: int) -> None:
         """Every rank's buffer gets all accepted rows, in global order, tagged with the rank that sampled them."""
+        idx = acc.indices
         lo, hi = traj.start, traj.start + traj.cond.numel()
         mine = idx[(idx >= lo) & (idx < hi)]
-        x_ni, x0 = gather_rows((mine - lo).to(traj.x0.device), traj.x_ni, traj.x0)
-        rows = {"x_ni": all_gather_rows(x_ni), "x0": all_gather_rows(x0)}
+        local = self.learner.row_fields(traj)
+        gathered = gather_rows((mine - lo).to(traj.x0.device), *local.values())
+        rows = {name: all_gather_rows(t) for name, t in zip(local, gathered)}
         owner = all_gather_rows(torch.full((mine.numel(),), rank(), dtype=torch.int64))
         cond = torch.arange(self.num_conditions).repeat_interleave(self.cfg.samples_per_condition)
         for r in owner.unique().tolist():
             at = owner == r
+            extra = {name: t[at] for name, t in acc.extra.items()}
+            fields = {name: t[at] for name, t in rows.items()}
             self.buffer.append(
-                group=cond[idx[at]], reward=rewards[idx[at]], round=k, rank=r,
-                x_ni=rows["x_ni"][at], x0=rows["x0"][at], cond=cond[idx[at]],
-            )  # fmt: skip
+                group=cond[idx[at]], reward=rewards[idx[at]], round=k, rank=r, cond=cond[idx[at]], **fields, **extra
+            )
 
 
 def run_pgraft(*args, **kwargs) -> PGraftRun:

@@ -36,6 +36,16 @@ class Selection:
         return int(self.indices.numel())
 
 
+@dataclass
+class Acceptance:
+    """What a round's learner keeps (engine/rounds.py): flat sample indices into the G·M table,
+    ascending, with per-kept-row extra buffer fields (the policy gradient's advantages)."""
+
+    indices: torch.Tensor
+    extra: dict[str, torch.Tensor]
+    invalid: int  # non-finite rewards excluded
+
+
 def _classic_mask(rewards, valid, cfg: SelectConfig, generator) -> torch.Tensor:
     if cfg.r_max is None:  # ours: the group's own best reward stands in for the bound
         r_max = torch.where(valid, rewards, torch.full_like(rewards, -torch.inf)).amax(1, keepdim=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -30,6 +30,22 @@ from .distributed import comm_device, ensure_distributed, rank, shard_slice, wor
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
 
 
+class Objective(Protocol):
+    """The loss of one minibatch, as ``passes`` DeepSpeed micro-steps (one backward each).
+
+    ``losses`` yields, per pass, the loss of this rank's rows [lo, hi) of a global minibatch of
+    ``n`` rows, and the global rows that pass pushes forward and backward through the trained
+    network (the compute count of docs/policy_gradient.md). Every random draw comes from
+    ``generator``, whose state all ranks share, for the whole global batch.
+    """
+
+    passes: int
+
+    def losses(
+        self, engine: nn.Module, batch: dict[str, torch.Tensor], n: int, lo: int, hi: int, generator: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, int, int]]: ...
+
+
 @dataclass(frozen=True)
 class TrainingData:
     """What the loss regresses on: states at ``level`` and their conditions, for t >= ``t_min``.
@@ -37,6 +53,8 @@ class TrainingData:
     Either tensors ``x`` and ``cond`` (minibatches drawn with replacement: pretraining on a data
     set), or a trajectory ``buffer`` whose field ``field`` holds the states and ``cond`` the
     conditions (epochs of the buffer's seeded shuffled minibatches: the engine's rounds).
+    ``objective`` replaces the denoising loss (the policy-gradient baselines' PPO loss reads
+    its own buffer fields).
     """
 
     x: torch.Tensor | None = None
@@ -45,6 +63,7 @@ class TrainingData:
     t_min: int = 0  # smallest training timestep drawn; > level
     buffer: TrajectoryBuffer | None = None
     field: str = "x0"
+    objective: Objective | None = None
 
     def __len__(self) -> int:
         return len(self.buffer) if self.buffer is not None else int(self.x.shape[0])
@@ -72,13 +91,14 @@ class BatchStream:
         self.epoch_seed, self.batch_index = state["epoch_seed"], state["batch_index"]
         self._epoch = None if self.epoch_seed is None else self._open_epoch()
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
-        """(x, cond) of this rank's slice [lo, hi) of the next global batch of n rows."""
+    def next(self) -> tuple[dict[str, torch.Tensor], int, int, int]:
+        """This rank's slice [lo, hi) of the next global batch of n rows: a dict of fields
+        (``x`` and ``cond`` for tensor data, the buffer's fields for a buffer)."""
         d = self.data
         if d.buffer is None:
             idx = torch.randint(0, len(d), (self.global_batch,), generator=self.generator)
             lo, hi = shard_slice(self.global_batch)
-            return d.x[idx[lo:hi]], d.cond[idx[lo:hi]], self.global_batch, lo, hi
+            return {"x": d.x[idx[lo:hi]], "cond": d.cond[idx[lo:hi]]}, self.global_batch, lo, hi
         while True:
             if self._epoch is None:
                 self.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
@@ -91,7 +111,7 @@ class BatchStream:
         self.batch_index += 1
         n = min(self.global_batch, len(d))  # a buffer smaller than a batch is one whole batch
         lo, hi = shard_slice(n)
-        return mb[d.field], mb["cond"], n, lo, hi
+        return {**mb, "x": mb[d.field]}, n, lo, hi
 
     def _open_epoch(self) -> Iterator:
         d = self.data
@@ -166,6 +186,38 @@ def dsm_loss(
     )
 
 
+class DenoisingObjective:
+    """P-GRAFT's denoising loss (METHOD.md §2) on the rows of ``data``: one pass per minibatch."""
+
+    passes = 1
+
+    def __init__(self, data: TrainingData, alphas_cumprod: torch.Tensor, cfg: TrainConfig, null_label, prediction_type):
+        if alphas_cumprod is None:
+            raise ConfigError("the denoising loss needs a DDPM-family schedule (flow bases have no ᾱ)")
+        self.data, self.alphas_cumprod, self.cfg = data, alphas_cumprod, cfg
+        self.null_label, self.prediction_type = null_label, prediction_type
+
+    def losses(self, engine, batch, n, lo, hi, generator):
+        x, cond, d, dev = batch["x"], batch["cond"], self.data, self.alphas_cumprod.device
+        if self.cfg.cond_dropout > 0 and self.null_label is not None:
+            drop = torch.rand((n,), generator=generator)[lo:hi] < self.cfg.cond_dropout
+            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
+        total = self.alphas_cumprod.numel()
+        t, eps = draw_dsm_noise(n, tuple(x.shape[1:]), d.level, total, generator, d.t_min + self.cfg.t_margin)
+        loss = dsm_loss_at(
+            engine,
+            x.to(dev, non_blocking=True),
+            cond.to(dev, non_blocking=True),
+            d.level,
+            self.alphas_cumprod,
+            t[lo:hi].to(dev),
+            eps[lo:hi].to(dev, non_blocking=True),
+            weighting=self.cfg.weighting,
+            prediction_type=self.prediction_type,
+        )
+        yield loss, n, n
+
+
 def make_trainable(base: nn.Module, cfg: TrainConfig, seed: int = 0) -> nn.Module:
     """A trainable copy of ``base``: full weights, or a PEFT LoRA adapter over shared frozen weights.
 
@@ -187,15 +239,17 @@ def make_trainable(base: nn.Module, cfg: TrainConfig, seed: int = 0) -> nn.Modul
     return model.train()
 
 
-def deepspeed_config(cfg: TrainConfig) -> dict:
+def deepspeed_config(cfg: TrainConfig, passes: int = 1) -> dict:
     """The DeepSpeed config of a trainer: batch semantics, clipping, ZeRO stage, precision, LR warm-up.
 
-    train_batch_size = micro-batch × accumulation × world size (docs/distributed.md).
+    train_batch_size = micro-batch × accumulation × world size (docs/distributed.md). An
+    objective of ``passes`` backward passes per minibatch (PPO: one per trained sampler step,
+    as ddpo-pytorch accumulates) multiplies DeepSpeed's accumulation count by it.
     """
     ds = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "train_batch_size": cfg.batch_size * cfg.grad_accum * world_size(),
+        "gradient_accumulation_steps": cfg.grad_accum * passes,
+        "train_batch_size": cfg.batch_size * cfg.grad_accum * passes * world_size(),
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "steps_per_print": 1 << 30,
@@ -225,12 +279,13 @@ class DenoisingTrainer:
     def __init__(
         self,
         model: nn.Module,
-        alphas_cumprod: torch.Tensor,
+        alphas_cumprod: torch.Tensor | None,
         cfg: TrainConfig,
         *,
         null_label: int | None,
         seed: int,
         timeout_s: float | None = None,
+        passes: int = 1,
     ):
         import deepspeed
 
@@ -238,7 +293,7 @@ class DenoisingTrainer:
             raise ConfigError("train.precision=fp16 needs a GPU (DeepSpeed's loss scaler); use bf16 or fp32 on the CPU")
         ensure_distributed(timeout_s)
         self.cfg = cfg
-        self.alphas_cumprod = alphas_cumprod.float()
+        self.passes = passes  # backward passes per minibatch of every objective this trainer runs
         self.null_label = null_label
         self.prediction_type = model.prediction_type
         self.generator = torch.Generator().manual_seed(seed)
@@ -248,12 +303,14 @@ class DenoisingTrainer:
         # ZeRO-3 partitions the module's parameters in place: sampling needs a whole copy.
         self._sampler = copy.deepcopy(model).eval().requires_grad_(False) if cfg.zero_stage == 3 else None
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, passes))
         self.model = model
         self.device = torch.device(self.engine.device)  # where DeepSpeed put the network
-        self.alphas_cumprod = self.alphas_cumprod.to(self.device)
+        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.float().to(self.device)
         self.steps_done = 0
+        self.rows_forward = self.rows_backward = 0  # global rows through the trained network
         self.stream: BatchStream | None = None
+        self.objective: Objective | None = None
 
     def sampling_model(self) -> nn.Module:
         """The trained network, whole, as a plain module (gathered from the ranks under ZeRO-3)."""
@@ -272,6 +329,14 @@ class DenoisingTrainer:
         """Train on ``data`` from now on (optionally at a saved stream position)."""
         if len(data) < world_size():
             raise ShapeError(f"{len(data)} training rows cannot feed {world_size()} ranks")
+        self.objective = data.objective or DenoisingObjective(
+            data, self.alphas_cumprod, self.cfg, self.null_label, self.prediction_type
+        )
+        if self.objective.passes != self.passes:
+            raise ShapeError(
+                f"the objective takes {self.objective.passes} passes per minibatch; this trainer's "
+                f"DeepSpeed engine was built for {self.passes}"
+            )
         self.stream = BatchStream(data, self.cfg.batch_size * world_size(), self.generator)
         if stream_state is not None:
             self.stream.load_state_dict(stream_state)
@@ -294,40 +359,23 @@ class DenoisingTrainer:
             if len(data) == 0:
                 raise ShapeError("no training data: selection accepted nothing this round")
             self.attach(data)
-        stream, data = self.stream, self.stream.data
+        stream = self.stream
         self.engine.train()
         losses = []
         bar = tqdm(range(steps), desc=desc, disable=not progress or rank() != 0, leave=False)
         for i in bar:
             step_loss = 0.0
             for _ in range(self.cfg.grad_accum):
-                x, cond, n, lo, hi = stream.next()
-                if self.cfg.cond_dropout > 0 and self.null_label is not None:
-                    drop = torch.rand((n,), generator=self.generator)[lo:hi] < self.cfg.cond_dropout
-                    cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
-                t, eps = draw_dsm_noise(
-                    n, tuple(x.shape[1:]), data.level, self.alphas_cumprod.numel(), self.generator,
-                    data.t_min + self.cfg.t_margin,
-                )  # fmt: skip
-                dev = self.device
-                loss = dsm_loss_at(
-                    self.engine,
-                    x.to(dev, non_blocking=True),
-                    cond.to(dev, non_blocking=True),
-                    data.level,
-                    self.alphas_cumprod,
-                    t[lo:hi].to(dev),
-                    eps[lo:hi].to(dev, non_blocking=True),
-                    weighting=self.cfg.weighting,
-                    prediction_type=self.prediction_type,
-                )
+                batch, n, lo, hi = stream.next()
                 # DeepSpeed averages over ranks; weight by this rank's share so the update is the
                 # global batch's mean even when the slices differ in size.
                 share = (hi - lo) * world_size() / n
-                value = float(loss.detach()) * share
-                self.engine.backward(loss * share if share != 1 else loss)
-                self.engine.step()
-                step_loss += value / self.cfg.grad_accum
+                for loss, fwd, bwd in self.objective.losses(self.engine, batch, n, lo, hi, self.generator):
+                    value = float(loss.detach()) * share
+                    self.engine.backward(loss * share if share != 1 else loss)
+                    self.engine.step()
+                    step_loss += value / (self.cfg.grad_accum * self.passes)
+                    self.rows_forward, self.rows_backward = self.rows_forward + fwd, self.rows_backward + bwd
             step_loss = _mean_over_ranks(step_loss)
             if not math.isfinite(step_loss):
                 raise FloatingPointError(f"training loss became {step_loss} at step {self.steps_done}")

@@ -73,6 +73,14 @@ class ClassConditionalUNet(nn.Module):
             scheduler_config_for(cfg),
         )
 
+    @classmethod
+    def flow(cls, cfg: UNetConfig, image_size: int, num_classes: int) -> "ClassConditionalUNet":
+        """A class-conditional rectified-flow model (velocity v = ε − x_0, timestep σ·1000; see
+        pgraft/models/flow.py): the conditional flow base of the policy-gradient baselines."""
+        from .flow import SCHEDULER_CONFIG
+
+        return cls(build_class_unet(cfg, image_size, num_classes), num_classes, "flow", SCHEDULER_CONFIG)
+
 
 def scheduler_config_for(cfg: UNetConfig) -> dict:
     """The diffusers scheduler config a base model was trained with (stored with its weights)."""

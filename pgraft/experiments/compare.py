@@ -1,0 +1,221 @@
+"""`pgraft compare`: base, DDPO, GRPO, GRAFT and P-GRAFT at the same number of samples drawn.
+
+Every method runs through the same round loop (rollout → reward → select/advantages → buffer →
+train) from the same base, with the same rollout seeds, M, rounds and sampler; only what a round
+learns differs. After every round the current policy is evaluated on held-out seeds (a small
+evaluation: the curves); at the end, a full one. Each method's network passes are counted in rows
+(one sample through the network once, CFG counting two): sampling forwards, training forwards
+(reference-model forwards included) and training backwards, so curves can be read at equal
+samples or at equal compute. ``--tune`` runs the baselines' learning-rate × clip-range search
+on one seed with its own held-out seeds, and says which values to compare with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import CompareConfig, EvalConfig, PGraftConfig, deep_merge
+from ..engine.compose import Single
+from ..engine.evaluate import Evaluation
+from ..report import plot_compare, save_grid, table
+from ..tasks import Task
+from .common import evaluate_on_task, start_experiment, task_loop
+from .run_dir import RunDir
+from .sweep import pool
+
+COLUMNS = [
+    "method",
+    "reward_mean",
+    "reward_ci95",
+    "reward_seed_std",
+    "accuracy",
+    "diversity",
+    "samples",
+    "passes",
+    "wall_s",
+]
+TUNE_COLUMNS = ["method", "lr", "clip_range", "reward_mean", "reward_ci95", "wall_s"]
+
+
+def _stats(ev: Evaluation) -> dict:
+    finite = ev.rewards[torch.isfinite(ev.rewards)].double()
+    return {
+        "reward_mean": ev.reward_mean,
+        "reward_ci95": list(ev.reward_ci95),
+        "reward_std": float(finite.std(unbiased=True)),
+        "eval_samples": int(finite.numel()),
+    }
+
+
+def run_one(
+    task: Task, method: PGraftConfig, name: str, run: RunDir, curve_eval: EvalConfig | None, final_eval: EvalConfig
+) -> tuple[dict, Evaluation]:
+    """One method at one seed: its curve (after every round), final evaluation and costs."""
+    counts = {"samples": 0, "sampling_forward": 0, "train_forward": 0, "train_backward": 0, "wall_s": 0.0}
+    curve: list[dict] = []
+    loop = None
+
+    def on_round(entry):
+        counts["samples"] += entry.samples_drawn
+        counts["sampling_forward"] += entry.rollout_forward
+        counts["train_forward"] += entry.train_forward
+        counts["train_backward"] += entry.train_backward
+        counts["wall_s"] += entry.wall_s
+        run.log(name, entry.round, vars(entry))
+        if curve_eval is not None:
+            ev = evaluate_on_task(
+                task, loop.policy(), loop.schedule, method, curve_eval, f"{name} r{entry.round}", loop.device
+            )
+            curve.append({"samples": counts["samples"], "passes": _passes(counts), **_stats(ev)})
+
+    loop = task_loop(task, method, on_round=on_round, name=name)
+    result = loop.run()
+    ev = evaluate_on_task(task, result.policy, loop.schedule, method, final_eval, name, result.device)
+    summary = ev.summary()
+    final = {
+        **_stats(ev),
+        "accuracy": summary["accuracy"],
+        "diversity": summary["diversity"],
+        **counts,
+        "passes": _passes(counts),
+    }
+    return {"seed": method.seed, "curve": curve, "final": final}, ev
+
+
+def _passes(counts: dict) -> int:
+    return counts["sampling_forward"] + counts["train_forward"] + counts["train_backward"]
+
+
+def _pooled(points: list[dict]) -> dict:
+    """One point over seeds: pooled held-out mean and CI, the spread of the seeds' means."""
+    mean, ci = pool([(p["eval_samples"], p["reward_mean"], p["reward_std"]) for p in points])
+    means = torch.tensor([p["reward_mean"] for p in points], dtype=torch.float64)
+    return {
+        "reward_mean": mean,
+        "reward_ci95": list(ci),
+        "reward_seed_std": float(means.std(unbiased=True)) if len(points) > 1 else 0.0,
+    }
+
+
+def summarise(per_seed: list[dict], start: dict) -> dict:
+    """A method's entry of results.json from its seeds' runs (``start``: the base's curve point)."""
+    curve = [start]
+    for i, point in enumerate(per_seed[0]["curve"]):
+        points = [s["curve"][i] for s in per_seed]
+        curve.append({"samples": point["samples"], "passes": point["passes"], **_pooled(points)})
+    finals = [s["final"] for s in per_seed]
+    avg = lambda key: sum(f[key] for f in finals) / len(finals)  # noqa: E731
+    final = {
+        **_pooled(finals),
+        "accuracy": avg("accuracy"),
+        "diversity": avg("diversity"),
+        "samples": finals[0]["samples"],
+        "passes": finals[0]["passes"],
+        "sampling_forward": finals[0]["sampling_forward"],
+        "train_forward": finals[0]["train_forward"],
+        "train_backward": finals[0]["train_backward"],
+        "wall_s": avg("wall_s"),  # per run (rollout + training), evaluation excluded
+    }
+    return {"curve": curve, "final": final, "per_seed": per_seed}
+
+
+def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> dict:
+    """Seeds in the outer loop; results.json and the plots are rewritten after every seed."""
+    exp = start_experiment(cfg, out, force)
+    run, task, schedule = exp.run, exp.task, exp.schedule
+    curve_eval = cfg.eval.model_copy(update={"samples_per_class": cfg.curve_samples_per_class})
+    label = f"{cfg.task.name}, {cfg.task.base} base"
+    base_ev = evaluate_on_task(task, Single(task.base), schedule, cfg.method, cfg.eval, "base")
+    base_curve = evaluate_on_task(task, Single(task.base), schedule, cfg.method, curve_eval, "base (curve)")
+    start = {"samples": 0, "passes": 0, **_pooled([_stats(base_curve)])}
+    base = {
+        "final": {
+            **_pooled([_stats(base_ev)]),
+            "accuracy": base_ev.summary()["accuracy"],
+            "diversity": base_ev.summary()["diversity"],
+            "samples": 0,
+            "passes": 0,
+            "wall_s": 0.0,
+        }
+    }
+    save_grid(
+        base_ev.images,
+        base_ev.labels,
+        run.path / "grid_base.png",
+        class_names=task.class_names,
+        title=f"base ({label})",
+    )
+    per_run: dict[str, list[dict]] = {}
+    jobs = [(seed, name) for seed in cfg.seeds for name in cfg.methods]
+    bar = tqdm(total=sum(len(cfg.method_configs(n, s)) for s, n in jobs), desc="compare (method, seed)")
+    results: dict = {}
+    for done, seed in enumerate(cfg.seeds, 1):
+        for name in cfg.methods:
+            for run_name, method in cfg.method_configs(name, seed).items():
+                record, ev = run_one(task, method, f"{run_name}_seed{seed}", run, curve_eval, cfg.eval)
+                per_run.setdefault(run_name, []).append(record)
+                if seed == cfg.seeds[0]:
+                    title = f"{run_name} after {record['final']['samples']} samples ({label})"
+                    grid = run.path / f"grid_{run_name}.png"
+                    save_grid(ev.images, ev.labels, grid, class_names=task.class_names, title=title)
+                bar.update()
+        methods = {"base": base, **{n: summarise(p, start) for n, p in per_run.items()}}
+        results = {
+            "task": cfg.task.name,
+            "seeds": cfg.seeds[:done],
+            "complete": done == len(cfg.seeds),
+            "methods": methods,
+            "config": cfg.model_dump(mode="json"),
+            "task_info": {"base_variant": cfg.task.base, "judge_accuracy": task.judge_accuracy},
+            "total_wall_s": time.time() - exp.started,
+        }
+        plot_compare(methods, run.path, title=f"{label}: {len(cfg.seeds[:done])} seed(s)")
+        run.results(results)
+    bar.close()
+    run.close()
+    rows = [{"method": n, **m["final"]} for n, m in results["methods"].items()]
+    print(table(rows, COLUMNS))
+    print(f"wrote {run.path / 'results.json'}")
+    return results
+
+
+def run_tune(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> dict:
+    """The baselines' search: every (lr, clip range) of ``cfg.tune`` at the comparison's budget,
+    one seed, scored on held-out seeds of its own (so the comparison's evaluation stays unseen)."""
+    exp = start_experiment(cfg, out, force)
+    run, task, t = exp.run, exp.task, cfg.tune
+    final_eval = cfg.eval.model_copy(update={"seed": t.eval_seed})
+    rows = []
+    baselines = [m for m in cfg.methods if m in ("ddpo", "grpo")]
+    grid = list(itertools.product(baselines, t.lrs, t.clip_ranges))
+    for name, lr, clip in tqdm(grid, desc="tune (method, lr, clip)"):
+        changes = deep_merge(getattr(cfg, name), {"train": {"lr": lr}, "pg": {"clip_range": clip}})
+        (method,) = cfg.model_copy(update={name: changes}).method_configs(name, t.seed).values()
+        record, _ = run_one(task, method, f"{name}_lr{lr:g}_clip{clip:g}", run, None, final_eval)
+        f = record["final"]
+        rows.append(
+            {
+                "method": name,
+                "lr": lr,
+                "clip_range": clip,
+                **{k: f[k] for k in ("reward_mean", "reward_ci95", "wall_s")},
+            }
+        )
+        best = {
+            n: max((r for r in rows if r["method"] == n), key=lambda r: r["reward_mean"])
+            for n in baselines
+            if any(r["method"] == n for r in rows)
+        }
+        results = {"task": cfg.task.name, "rows": rows, "best": best, "config": cfg.model_dump(mode="json")}
+        run.results(results)
+    run.close()
+    print(table(rows, TUNE_COLUMNS))
+    for n, r in results["best"].items():
+        print(f"best {n}: --set {n}.train.lr={r['lr']:g} --set {n}.pg.clip_range={r['clip_range']:g}")
+    print(f"wrote {run.path / 'results.json'}")
+    return results
