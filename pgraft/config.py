@@ -302,17 +302,18 @@ class CompareConfig(_Strict):
     """
 
     task: TaskConfig = TaskConfig()
-    # half the demo's budget (M = 32, 150 steps a round), so 5 methods × 3 seeds fit the time limits
+    # half the demo's samples and a third of its GRAFT steps (M = 32, 100 steps a round), so that
+    # 5 methods × 3 seeds fit in 40 (digits) and 60 (animals) minutes on 2 cores
     method: PGraftConfig = Field(
-        default_factory=lambda: PGraftConfig(samples_per_condition=32, train={"steps_per_round": 150})
+        default_factory=lambda: PGraftConfig(samples_per_condition=32, train={"steps_per_round": 100})
     )
     methods: list[CompareMethod] = Field(default_factory=lambda: ["ddpo", "grpo", "graft", "pgraft"], min_length=1)
     pgraft_n_i: list[int] = Field(default_factory=lambda: [6, 12], min_length=1)  # the sweep's best (0.25·S) and 0.5·S
     ddpo: dict[str, Any] = Field(default_factory=lambda: {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}})
     grpo: dict[str, Any] = Field(default_factory=lambda: {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}})
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    eval: EvalConfig = EvalConfig()  # the final evaluation
-    curve_samples_per_class: int = Field(20, ge=2)  # the evaluation after every round
+    eval: EvalConfig = EvalConfig(samples_per_class=50)  # the final evaluation (3 seeds: 1,500 samples)
+    curve_samples_per_class: int = Field(10, ge=2)  # the evaluation after every round
     tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")

@@ -214,7 +214,10 @@ def test_tiny_compare_writes_curves_costs_and_the_documented_shape(tmp_path, mon
     assert res["methods"]["graft"]["final"]["train_backward"] == 2 * 3 * 8
     for f in ("reward_vs_samples.png", "reward_vs_passes.png", "grid_ddpo.png", "grid_pgraft_2.png"):
         assert (tmp_path / "cmp" / f).exists(), f
-    assert "grpo" in capsys.readouterr().out
+    assert res["equal_samples"]["at"] == 80 and res["equal_samples"]["winner"] in res["methods"]
+    assert res["equal_compute"]["at"] == min(m["final"]["passes"] for n, m in res["methods"].items() if n != "base")
+    out = capsys.readouterr().out
+    assert "grpo" in out and "samples drawn: highest held-out reward" in out
 
     assert (
         main(["compare", "--config", str(tiny), "--tune", "--set", "methods=[ddpo]", "--out", str(tmp_path / "tune")])

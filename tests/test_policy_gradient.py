@@ -243,3 +243,22 @@ def test_the_kl_term_counts_the_reference_forwards_and_vanishes_against_itself(t
     torch.testing.assert_close(
         gaussian_kl(shifted, mean, steps, sched.table()), torch.full((5,), 64 * 1e-4 / (2 * sigma**2))
     )
+
+
+def test_the_equal_budget_winner_is_read_off_the_curves():
+    from pgraft.experiments.compare import winner_at
+
+    def curve(points):
+        return {"curve": [{"samples": s, "passes": p, "reward_mean": r} for s, p, r in points]}
+
+    methods = {
+        "base": {"final": {}},
+        "cheap": curve([(0, 0, 0.5), (10, 100, 0.6), (20, 200, 0.7)]),
+        "dear": curve([(0, 0, 0.5), (10, 400, 0.9), (20, 800, 0.95)]),
+    }
+    samples = winner_at(methods, "samples")
+    assert samples["at"] == 20 and samples["winner"] == "dear"
+    compute = winner_at(methods, "passes")  # at 200 passes "dear" is halfway to its first round
+    assert compute["at"] == 200 and compute["reward_mean"] == {"cheap": 0.7, "dear": pytest.approx(0.7)}
+    methods["dear"]["curve"][1]["reward_mean"] = 0.85
+    assert winner_at(methods, "passes")["winner"] == "cheap"

@@ -16,6 +16,7 @@ import itertools
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -170,6 +171,8 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
             "seeds": cfg.seeds[:done],
             "complete": done == len(cfg.seeds),
             "methods": methods,
+            "equal_samples": winner_at(methods, "samples"),
+            "equal_compute": winner_at(methods, "passes"),
             "config": cfg.model_dump(mode="json"),
             "task_info": {"base_variant": cfg.task.base, "judge_accuracy": task.judge_accuracy},
             "total_wall_s": time.time() - exp.started,
@@ -180,8 +183,20 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
     run.close()
     rows = [{"method": n, **m["final"]} for n, m in results["methods"].items()]
     print(table(rows, COLUMNS))
+    for key, what in (("equal_samples", "samples drawn"), ("equal_compute", "network passes")):
+        w = results[key]
+        print(f"at {w['at']:,} {what}: highest held-out reward {w['winner']} ({w['reward_mean'][w['winner']]:.4f})")
     print(f"wrote {run.path / 'results.json'}")
     return results
+
+
+def winner_at(methods: dict[str, dict], key: str) -> dict:
+    """Each method's held-out reward at the largest budget (``samples`` or ``passes``) that every
+    method reached, read off its curve (linear between evaluated rounds), and the best of them."""
+    curves = {n: m["curve"] for n, m in methods.items() if m.get("curve")}
+    at = min(c[-1][key] for c in curves.values())
+    rewards = {n: float(np.interp(at, [p[key] for p in c], [p["reward_mean"] for p in c])) for n, c in curves.items()}
+    return {"at": at, "reward_mean": rewards, "winner": max(rewards, key=rewards.get)}
 
 
 def run_tune(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> dict:
