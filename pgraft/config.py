@@ -283,6 +283,19 @@ class SweepConfig(_Strict):
 
 CompareMethod = Literal["ddpo", "grpo", "graft", "pgraft"]
 
+# The baselines' settings per task unless a config sets them: the best of `pgraft compare --tune`
+# on that task (one seed, its own held-out seeds; docs/results/tune_<task>.json, README).
+TUNED_BASELINES: dict[str, dict[str, dict]] = {
+    "digits": {
+        "ddpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
+        "grpo": {"train": {"lr": 1e-3}, "pg": {"clip_range": 1e-2}},
+    },
+    "animals": {
+        "ddpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
+        "grpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
+    },
+}
+
 
 class TuneConfig(_Strict):
     """`pgraft compare --tune`: the baselines' small search, one seed, on its own held-out seeds."""
@@ -309,12 +322,25 @@ class CompareConfig(_Strict):
     )
     methods: list[CompareMethod] = Field(default_factory=lambda: ["ddpo", "grpo", "graft", "pgraft"], min_length=1)
     pgraft_n_i: list[int] = Field(default_factory=lambda: [6, 12], min_length=1)  # the sweep's best (0.25·S) and 0.5·S
-    ddpo: dict[str, Any] = Field(default_factory=lambda: {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}})
-    grpo: dict[str, Any] = Field(default_factory=lambda: {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}})
+    # the baselines' changes to ``method``; unset: the task's tuned values (TUNED_BASELINES)
+    ddpo: dict[str, Any] = Field(default_factory=dict)
+    grpo: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     eval: EvalConfig = EvalConfig(samples_per_class=50)  # the final evaluation (3 seeds: 1,500 samples)
     curve_samples_per_class: int = Field(10, ge=2)  # the evaluation after every round
     tune: TuneConfig = TuneConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tuned_defaults(cls, data: Any) -> Any:
+        """Start ``ddpo`` / ``grpo`` from the task's tuned values; what the config sets wins."""
+        if not isinstance(data, dict):
+            return data
+        task = data.get("task", {})
+        name = task.get("name", "digits") if isinstance(task, dict) else getattr(task, "name", "digits")
+        tuned = TUNED_BASELINES.get(name, {})
+        merged = {k: deep_merge(v, data.get(k, {})) for k, v in tuned.items() if isinstance(data.get(k, {}), dict)}
+        return {**data, **merged}  # a non-mapping value is left for field validation to report
 
     @model_validator(mode="after")
     def _methods_valid(self):

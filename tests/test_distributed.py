@@ -79,13 +79,20 @@ def _assert_same_training(train_cache, out, one_out, mode):
 DDPO = ["method.algorithm=ddpo", "method.n_i=0", "method.pg.clip_range=0.1", "method.pg.stat_min_count=4"]
 
 
-def test_two_rank_ddpo_equals_one_rank(train_cache, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    finish(one_rank(one, train_cache, DDPO + ["method.train.batch_size=4"]))
-    proc = two_ranks(two, train_cache, DDPO + ["method.train.batch_size=2", "method.train.zero_stage=2"])
+@pytest.fixture(scope="module")
+def one_rank_ddpo(train_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one-ddpo")
+    finish(one_rank(out, train_cache, DDPO + ["method.train.batch_size=4"]))
+    return out
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_rank_ddpo_equals_one_rank(train_cache, one_rank_ddpo, tmp_path, stage):
+    two = tmp_path / "two"
+    proc = two_ranks(two, train_cache, DDPO + ["method.train.batch_size=2", f"method.train.zero_stage={stage}"])
     assert "2 rank(s); weights identical across ranks: True" in finish(proc)
-    assert results(one)["history"][0]["train_backward"] == 40 * 3  # every trajectory, its 3 stochastic steps
-    _assert_same_training(train_cache, two, one, "full")
+    assert results(one_rank_ddpo)["history"][0]["train_backward"] == 40 * 3  # every trajectory, 3 stochastic steps
+    _assert_same_training(train_cache, two, one_rank_ddpo, "full")
 
 
 LONG = ["method.rounds=50", "method.train.steps_per_round=50", "distributed.timeout_s=8"]

@@ -144,14 +144,15 @@ def brightness(images, conds):
     return images.mean(dim=(1, 2, 3))
 
 
-@pytest.mark.parametrize("algorithm", ["ddpo", "grpo"])
-def test_a_short_policy_gradient_run_raises_the_held_out_reward(tiny_digits_model, algorithm):
+@pytest.mark.parametrize("algorithm,mode", [("ddpo", "full"), ("grpo", "full"), ("ddpo", "lora")])
+def test_a_short_policy_gradient_run_raises_the_held_out_reward(tiny_digits_model, algorithm, mode):
+    lr = 3e-2 if mode == "full" else 1e-1
     cfg = PGraftConfig.model_validate(
         {
             "algorithm": algorithm,
             "samples_per_condition": 16,
             "rounds": 3,
-            "train": {"lr": 3e-2, "batch_size": 16},
+            "train": {"lr": lr, "batch_size": 16, "mode": mode, "lora_rank": 8},
             "sampler": {"steps": 8},
             "pg": {"clip_range": 0.1},
         }
