@@ -75,6 +75,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: the baselines' lr × clip-range search on one seed (its own held-out seeds)",
     )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="instead of running: merge finished comparisons of one config that ran different seeds into --out",
+    )
     p = sub.add_parser("train", help="one P-GRAFT run on one or many ranks, checkpointed and resumable")
     _common(p, None)
     p.add_argument("--out", type=Path, help="run folder (default: the --resume folder, else runs/train)")
@@ -143,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             run_sweep(C.load(C.SweepConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
         elif args.command == "compare":
-            from .experiments.compare import run_compare, run_tune
+            from .experiments.compare import merge_compares, run_compare, run_tune
 
+            if args.merge:
+                merge_compares(args.merge, args.out)
+                return 0
             extra = [f"seeds={list(range(args.seeds))}"] if args.seeds is not None else []
             cfg = C.load(C.CompareConfig, args.config, _overrides(args, "task.") + extra)
             (run_tune if args.tune else run_compare)(cfg, args.out, force=args.force)

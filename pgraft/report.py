@@ -118,7 +118,8 @@ def plot_compare(methods: dict[str, dict], folder: str | Path, title: str | None
     """Held-out reward against samples drawn and against network passes, one line per method
     (the pooled mean over seeds, shaded ± the seeds' std), the base as a dashed line."""
     paths = []
-    base = methods.get("base", {}).get("final", {}).get("reward_mean")
+    starts = [m["curve"][0]["reward_mean"] for m in methods.values() if m.get("curve")]
+    base = starts[0] if starts else None  # every curve starts at the base's point
     for key, xlabel, name in (
         ("samples", "samples drawn", "reward_vs_samples.png"),
         ("passes", "network passes (rows forward + backward, sampling + training)", "reward_vs_passes.png"),
@@ -136,7 +137,7 @@ def plot_compare(methods: dict[str, dict], folder: str | Path, title: str | None
         if base is not None:
             ax.axhline(base, color="gray", ls="--", label="base")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out mean reward")
+        ax.set_ylabel("held-out mean reward (curve evaluation)")
         if key == "samples":
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         if title:

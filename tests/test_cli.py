@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pgraft.cli import main
@@ -218,6 +219,19 @@ def test_tiny_compare_writes_curves_costs_and_the_documented_shape(tmp_path, mon
     assert res["equal_compute"]["at"] == min(m["final"]["passes"] for n, m in res["methods"].items() if n != "base")
     out = capsys.readouterr().out
     assert "grpo" in out and "samples drawn: highest held-out reward" in out
+
+    # seeds run as separate jobs merge into the same comparison
+    for seed in (0, 1):
+        args = ["compare", "--config", str(tiny), "--set", f"seeds=[{seed}]", "--out", str(tmp_path / f"s{seed}")]
+        assert main(args) == 0
+    assert main(["compare", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert merged["seeds"] == [0, 1] and merged["complete"]
+    for name, m in res["methods"].items():
+        assert merged["methods"][name]["final"]["reward_mean"] == pytest.approx(m["final"]["reward_mean"])
+        if name != "base":
+            for a, b in zip(merged["methods"][name]["curve"], m["curve"], strict=True):
+                assert a["reward_mean"] == pytest.approx(b["reward_mean"]) and a["passes"] == b["passes"]
 
     assert (
         main(["compare", "--config", str(tiny), "--tune", "--set", "methods=[ddpo]", "--out", str(tmp_path / "tune")])

@@ -13,6 +13,7 @@ on one seed with its own held-out seeds, and says which values to compare with.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from ..config import CompareConfig, EvalConfig, PGraftConfig, deep_merge
 from ..engine.compose import Single
 from ..engine.evaluate import Evaluation
+from ..errors import ConfigError
 from ..report import plot_compare, save_grid, table
 from ..tasks import Task
 from .common import evaluate_on_task, start_experiment, task_loop
@@ -56,7 +58,8 @@ def _stats(ev: Evaluation) -> dict:
 def run_one(
     task: Task, method: PGraftConfig, name: str, run: RunDir, curve_eval: EvalConfig | None, final_eval: EvalConfig
 ) -> tuple[dict, Evaluation]:
-    """One method at one seed: its curve (after every round), final evaluation and costs."""
+    """One method at one seed: its curve (the small evaluation after every round), its final
+    evaluation and its costs."""
     counts = {"samples": 0, "sampling_forward": 0, "train_forward": 0, "train_backward": 0, "wall_s": 0.0}
     curve: list[dict] = []
     loop = None
@@ -104,7 +107,11 @@ def _pooled(points: list[dict]) -> dict:
 
 
 def summarise(per_seed: list[dict], start: dict) -> dict:
-    """A method's entry of results.json from its seeds' runs (``start``: the base's curve point)."""
+    """A method's entry of results.json from its seeds' runs (``start``: the base's curve point).
+
+    Curve points all come from the curve evaluation (the same held-out noise for every method,
+    round and seed: paired comparisons); ``final`` from the larger final evaluation.
+    """
     curve = [start]
     for i, point in enumerate(per_seed[0]["curve"]):
         points = [s["curve"][i] for s in per_seed]
@@ -136,6 +143,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
     start = {"samples": 0, "passes": 0, **_pooled([_stats(base_curve)])}
     base = {
         "final": {
+            **_stats(base_ev),
             **_pooled([_stats(base_ev)]),
             "accuracy": base_ev.summary()["accuracy"],
             "diversity": base_ev.summary()["diversity"],
@@ -165,29 +173,78 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
                     grid = run.path / f"grid_{run_name}.png"
                     save_grid(ev.images, ev.labels, grid, class_names=task.class_names, title=title)
                 bar.update()
-        methods = {"base": base, **{n: summarise(p, start) for n, p in per_run.items()}}
-        results = {
-            "task": cfg.task.name,
-            "seeds": cfg.seeds[:done],
-            "complete": done == len(cfg.seeds),
-            "methods": methods,
-            "equal_samples": winner_at(methods, "samples"),
-            "equal_compute": winner_at(methods, "passes"),
-            "config": cfg.model_dump(mode="json"),
-            "task_info": {"base_variant": cfg.task.base, "judge_accuracy": task.judge_accuracy},
-            "total_wall_s": time.time() - exp.started,
-        }
-        plot_compare(methods, run.path, title=f"{label}: {len(cfg.seeds[:done])} seed(s)")
-        run.results(results)
+        info = {"base_variant": cfg.task.base, "judge_accuracy": task.judge_accuracy}
+        results = _write(cfg, run, base, start, per_run, cfg.seeds[:done], info, exp.started)
     bar.close()
     run.close()
+    _report(results, run.path)
+    return results
+
+
+def _write(
+    cfg: CompareConfig, run: RunDir, base: dict, start: dict, per_run: dict, seeds: list[int], info: dict, started
+) -> dict:
+    methods = {"base": base, **{n: summarise(p, start) for n, p in per_run.items()}}
+    results = {
+        "task": cfg.task.name,
+        "seeds": list(seeds),
+        "complete": len(seeds) == len(cfg.seeds),
+        "methods": methods,
+        "equal_samples": winner_at(methods, "samples"),
+        "equal_compute": winner_at(methods, "passes"),
+        "config": cfg.model_dump(mode="json"),
+        "task_info": info,
+        "total_wall_s": time.time() - started,
+    }
+    plot_compare(methods, run.path, title=f"{cfg.task.name}, {cfg.task.base} base: {len(seeds)} seed(s)")
+    run.results(results)
+    return results
+
+
+def merge_compares(runs: list[str | Path], out: str | Path) -> dict:
+    """One comparison from finished runs of one config on different seeds (`pgraft compare --merge`),
+    re-summarised from their per-seed records."""
+    started = time.time()
+    parts = [load_results(path) for path in runs]
+    configs = [{**p["config"], "seeds": None} for p in parts]
+    if any(c != configs[0] for c in configs):
+        raise ConfigError("--merge: the runs' configs differ in more than their seeds")
+    seeds = [seed for p in parts for seed in p["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--merge: a seed appears in more than one run ({seeds})")
+    cfg = CompareConfig.model_validate({**parts[0]["config"], "seeds": sorted(seeds)})
+    per_run: dict[str, list[dict]] = {}
+    for part in parts:
+        for name, m in part["methods"].items():
+            if name != "base":
+                per_run.setdefault(name, []).extend(m["per_seed"])
+    per_run = {n: sorted(p, key=lambda r: r["seed"]) for n, p in per_run.items()}
+    # every method's curve starts at the base's point of the curve evaluation
+    start = next(m["curve"][0] for n, m in parts[0]["methods"].items() if n != "base")
+    base = parts[0]["methods"]["base"]
+    run = RunDir(out, cfg)
+    results = _write(cfg, run, base, start, per_run, cfg.seeds, parts[0]["task_info"], started)
+    results["merged_from"] = [str(p) for p in runs]
+    run.results(results)
+    run.close()
+    _report(results, run.path)
+    return results
+
+
+def load_results(path: str | Path) -> dict:
+    f = Path(path) / "results.json"
+    if not f.exists():
+        raise ConfigError(f"--merge: {f} does not exist (not a finished compare run)")
+    return json.loads(f.read_text())
+
+
+def _report(results: dict, folder: Path) -> None:
     rows = [{"method": n, **m["final"]} for n, m in results["methods"].items()]
     print(table(rows, COLUMNS))
     for key, what in (("equal_samples", "samples drawn"), ("equal_compute", "network passes")):
         w = results[key]
         print(f"at {w['at']:,} {what}: highest held-out reward {w['winner']} ({w['reward_mean'][w['winner']]:.4f})")
-    print(f"wrote {run.path / 'results.json'}")
-    return results
+    print(f"wrote {folder / 'results.json'}")
 
 
 def winner_at(methods: dict[str, dict], key: str) -> dict:
