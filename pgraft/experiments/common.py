@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from ..engine.compose import Policy
 from ..engine.evaluate import Evaluation, evaluate
 from ..engine.inc import frechet_distance
 from ..engine.rounds import PGraftLoop, PGraftRun
+from ..errors import ConfigError
 from ..models.schedule import Schedule
 from ..tasks import Task, prepare_task
 from .run_dir import RunDir
@@ -86,6 +88,24 @@ def run_method(task: Task, method: PGraftConfig, run: RunDir, name: str) -> PGra
         name, result.model, {"n_i": result.n_i, "mode": method.train.mode, "sampler_steps": result.schedule.steps}
     )
     return result
+
+
+def load_seed_runs(runs: list[str | Path], cls: type, what: str) -> tuple[list[dict], object]:
+    """The results of finished runs of one config that ran different seeds (``--merge``), and that
+    config (``cls``) with all their seeds; refuses runs that differ in more or share a seed."""
+    parts = []
+    for path in runs:
+        f = Path(path) / "results.json"
+        if not f.exists():
+            raise ConfigError(f"--merge: {f} does not exist (not a finished {what} run)")
+        parts.append(json.loads(f.read_text()))
+    configs = [{**p["config"], "seeds": None} for p in parts]
+    if any(c != configs[0] for c in configs):
+        raise ConfigError("--merge: the runs' configs differ in more than their seeds")
+    seeds = [seed for p in parts for seed in p["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--merge: a seed appears in more than one run ({seeds})")
+    return parts, cls.model_validate({**parts[0]["config"], "seeds": sorted(seeds)})
 
 
 def model_summary(ev: Evaluation, samples_drawn: int, wall_s: float) -> dict:

@@ -13,7 +13,6 @@ on one seed with its own held-out seeds, and says which values to compare with.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -24,10 +23,9 @@ from tqdm.auto import tqdm
 from ..config import CompareConfig, EvalConfig, PGraftConfig, deep_merge
 from ..engine.compose import Single
 from ..engine.evaluate import Evaluation
-from ..errors import ConfigError
 from ..report import plot_compare, save_grid, table
 from ..tasks import Task
-from .common import evaluate_on_task, start_experiment, task_loop
+from .common import evaluate_on_task, load_seed_runs, start_experiment, task_loop
 from .run_dir import RunDir
 from .sweep import pool
 
@@ -205,14 +203,7 @@ def merge_compares(runs: list[str | Path], out: str | Path) -> dict:
     """One comparison from finished runs of one config on different seeds (`pgraft compare --merge`),
     re-summarised from their per-seed records."""
     started = time.time()
-    parts = [load_results(path) for path in runs]
-    configs = [{**p["config"], "seeds": None} for p in parts]
-    if any(c != configs[0] for c in configs):
-        raise ConfigError("--merge: the runs' configs differ in more than their seeds")
-    seeds = [seed for p in parts for seed in p["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--merge: a seed appears in more than one run ({seeds})")
-    cfg = CompareConfig.model_validate({**parts[0]["config"], "seeds": sorted(seeds)})
+    parts, cfg = load_seed_runs(runs, CompareConfig, "compare")
     per_run: dict[str, list[dict]] = {}
     for part in parts:
         for name, m in part["methods"].items():
@@ -229,13 +220,6 @@ def merge_compares(runs: list[str | Path], out: str | Path) -> dict:
     run.close()
     _report(results, run.path)
     return results
-
-
-def load_results(path: str | Path) -> dict:
-    f = Path(path) / "results.json"
-    if not f.exists():
-        raise ConfigError(f"--merge: {f} does not exist (not a finished compare run)")
-    return json.loads(f.read_text())
 
 
 def _report(results: dict, folder: Path) -> None:

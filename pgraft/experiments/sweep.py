@@ -6,7 +6,6 @@ x_{N_I} of base-model trajectories, many base-model completions estimate Var[r(x
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -18,13 +17,12 @@ from ..config import SweepConfig
 from ..engine.compose import Single
 from ..engine.evaluate import Z95
 from ..engine.rollout import rollout, run_chain
-from ..errors import ConfigError
 from ..models.schedule import Schedule
 from ..report import plot_sweep, table
 from ..rewards.base import score
 from ..seeding import generator
 from ..tasks import Task
-from .common import evaluate_on_task, run_method, start_experiment
+from .common import evaluate_on_task, load_seed_runs, run_method, start_experiment
 from .run_dir import RunDir
 
 COLUMNS = [
@@ -170,19 +168,7 @@ def merge_sweeps(runs: list[str | Path], out: str | Path) -> dict:
     """One sweep from several finished sweep runs of the same config that ran different seeds
     (`pgraft sweep --merge RUN ... --out DIR`): seeds can run as separate jobs, in parallel."""
     started = time.time()
-    parts = []
-    for path in runs:
-        f = Path(path) / "results.json"
-        if not f.exists():
-            raise ConfigError(f"--merge: {f} does not exist (not a finished sweep run)")
-        parts.append(json.loads(f.read_text()))
-    configs = [{**p["config"], "seeds": None} for p in parts]
-    if any(c != configs[0] for c in configs):
-        raise ConfigError("--merge: the runs' configs differ in more than their seeds")
-    seeds = [seed for p in parts for seed in p["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--merge: a seed appears in more than one run ({seeds})")
-    cfg = SweepConfig.model_validate({**parts[0]["config"], "seeds": sorted(seeds)})
+    parts, cfg = load_seed_runs(runs, SweepConfig, "sweep")
     rows, diagnostic = [], []
     for i, row in enumerate(parts[0]["rows"]):
         per_seed = [p for part in parts for p in part["rows"][i]["per_seed"]]
