@@ -263,3 +263,26 @@ def test_the_equal_budget_winner_is_read_off_the_curves():
     assert compute["at"] == 200 and compute["reward_mean"] == {"cheap": 0.7, "dear": pytest.approx(0.7)}
     methods["dear"]["curve"][1]["reward_mean"] = 0.85
     assert winner_at(methods, "passes")["winner"] == "cheap"
+
+
+def test_a_timestep_fraction_trains_distinct_random_steps_of_each_trajectory(tiny_unet):
+    cfg = PGraftConfig(algorithm="ddpo", sampler={"steps": 9}, pg={"timestep_fraction": 0.5})
+    sched = Schedule.from_scheduler_config(tiny_unet.scheduler_config, 9)
+    objective = PPOObjective(sched, cfg, tiny_unet.null_label, None, torch.device("cpu"))
+    assert objective.passes == 4  # int(8 stochastic steps × 0.5), as ddpo-pytorch rounds
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, cond):
+            seen.append(t.clone())
+            return tiny_unet(x, t, cond)
+
+    cond = torch.arange(3).repeat_interleave(2)
+    traj = rollout(Single(tiny_unet), sched, cond, (1, 8, 8), (0,), record=True)
+    batch = {"states": traj.states, "log_prob": traj.log_prob, "advantage": torch.ones(6), "cond": cond}
+    list(objective.losses(Spy(), batch, 6, 0, 6, torch.Generator().manual_seed(0)))
+    steps = torch.stack(seen, 1)  # [6 trajectories, 4 passes] of timesteps
+    last = sched.timesteps[-1]  # the deterministic last step is never drawn
+    for row in steps:
+        assert len(set(row.tolist())) == 4 and last not in row
+    assert len({tuple(r.tolist()) for r in steps}) > 1  # a permutation per trajectory
