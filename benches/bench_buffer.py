@@ -17,7 +17,10 @@ cache; every implementation walks the same index sequence, each at its own lag. 
 - ``stream``: the two-thread copy of a contiguous block into a reused batch, the ceiling that a
   gather of scattered rows can approach on this machine.
 
-    python benches/bench_buffer.py [--quick]
+    python benches/bench_buffer.py [--quick] [--busy]
+
+``--busy`` times everything with one other process spinning on a core. The buffer's gather and
+the Python baseline are also timed on one thread (``*_speedup_vs_own_1t``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import median_of_trials, report, steady_allocator, time_interleaved  # noqa: E402
+from common import (  # noqa: E402
+    add_busy_flag,
+    busy_core,
+    median_of_trials,
+    report,
+    single_thread,
+    steady_allocator,
+    time_interleaved,
+)
 
 from pgraft.buffer import TrajectoryBuffer  # noqa: E402
 
@@ -40,18 +51,6 @@ ROWS = {"4x64x64-bf16": ((4, 64, 64), torch.bfloat16), "4x96x96-bf16": ((4, 96, 
 BUFFER_BYTES = 256 * 2**20  # larger than the last-level cache
 BATCH = 256
 THREADS = 2
-
-
-def single_thread(fn):
-    def run():
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn()
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
 
 
 class Walk:
@@ -93,15 +92,15 @@ def bench_rows(name: str, shape: tuple, dtype: torch.dtype, trial: int) -> dict:
     per_batch = [b.clone() for b in data.split(BATCH)]  # ddpo-pytorch's list of sampled batches
     perm = torch.randperm(capacity, generator=g)
     perm_list = perm.tolist()
-    names = ("buffer", "python", "index_select", "memcpy", "stream")
+    names = ("buffer", "python", "index_select", "memcpy", "stream", "buffer@1t", "python@1t")
     walks = {k: Walk(capacity, lag=4 * i) for i, k in enumerate(names)}
 
     def rows_of(walk: str) -> torch.Tensor:
         s = walks[walk].next()
         return perm[s : s + BATCH]
 
-    def python_gather():
-        s = walks["python"].next()
+    def python_gather(walk: str = "python"):
+        s = walks[walk].next()
         return torch.stack([per_row[i] for i in perm_list[s : s + BATCH]], out=batch)
 
     def block(walk: str) -> torch.Tensor:  # the next contiguous block: as cold as the gathers' rows
@@ -122,7 +121,9 @@ def bench_rows(name: str, shape: tuple, dtype: torch.dtype, trial: int) -> dict:
     timed = time_interleaved(
         {
             "gather_buffer": lambda: buf.gather(rows_of("buffer"), out=out, threads=THREADS),
+            "gather_buffer@1t": lambda: buf.gather(rows_of("buffer@1t"), out=out, threads=1),
             "gather_python": python_gather,
+            "gather_python@1t": single_thread(lambda: python_gather("python@1t")),
             "gather_index_select": lambda: torch.index_select(data, 0, rows_of("index_select"), out=batch),
             "memcpy": single_thread(lambda: block_dst.copy_(block("memcpy"))),
             "stream": lambda: block_dst.copy_(block("stream")),
@@ -152,6 +153,8 @@ def bench_rows(name: str, shape: tuple, dtype: torch.dtype, trial: int) -> dict:
         "memcpy_gbps": memcpy, "stream_gbps": gb(timed["stream"]), "append_gbps": gb(timed["append_buffer"]),
         "fill_gbps": fill_gbps, "save_gbps": save_gbps, "load_gbps": load_gbps,
         "gather_speedup_vs_python": timed["gather_python"] / timed["gather_buffer"],
+        "gather_speedup_vs_own_1t": timed["gather_buffer@1t"] / timed["gather_buffer"],
+        "python_speedup_vs_own_1t": timed["gather_python@1t"] / timed["gather_python"],
         "gather_speedup_vs_ddpo": ddpo_ms / timed["gather_buffer"],
         "index_select_speedup_vs_python": timed["gather_python"] / timed["gather_index_select"],
         "stream_speedup_vs_python": timed["gather_python"] / timed["stream"],
@@ -165,18 +168,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only 4x64x64 bf16 rows")
     ap.add_argument("--trials", type=int, default=3, help="fresh allocations per row size (median reported)")
+    add_busy_flag(ap)
     args = ap.parse_args()
     steady_allocator()
-    rows_out = [
-        {"rows": name, **median_of_trials(lambda trial: bench_rows(name, *spec, trial), args.trials)}  # noqa: B023
-        for name, spec in ROWS.items()
-        if not args.quick or name == "4x64x64-bf16"
-    ]
+    with busy_core(args.busy):
+        rows_out = [
+            {"rows": name, **median_of_trials(lambda trial: bench_rows(name, *spec, trial), args.trials)}  # noqa: B023
+            for name, spec in ROWS.items()
+            if not args.quick or name == "4x64x64-bf16"
+        ]
     cols = ["rows", "gather_gbps", "python_gbps", "ddpo_gbps", "index_select_gbps", "memcpy_gbps", "stream_gbps",
             "append_gbps", "save_gbps", "load_gbps", "gather_speedup_vs_python", "gather_speedup_vs_ddpo",
-            "stream_speedup_vs_python", "gather_frac_memcpy", "append_frac_memcpy"]  # fmt: skip
-    meta = {"quick": args.quick, "batch": BATCH, "buffer_bytes": BUFFER_BYTES, "gather_threads": THREADS,
-            "trials": args.trials}  # fmt: skip
+            "stream_speedup_vs_python", "gather_frac_memcpy", "append_frac_memcpy", "gather_speedup_vs_own_1t",
+            "python_speedup_vs_own_1t"]  # fmt: skip
+    meta = {"quick": args.quick, "busy": args.busy, "batch": BATCH, "buffer_bytes": BUFFER_BYTES,
+            "gather_threads": THREADS, "trials": args.trials}  # fmt: skip
     report("buffer", torch.device("cpu"), rows_out, cols, meta)
     r = rows_out[0]
     print(

@@ -7,7 +7,10 @@ into a preallocated output (as the sampler loop does, in place); diffusers alloc
 counts the minimal traffic (read x, cond, [uncond], noise; write x_prev), and is also given as a
 fraction of a plain copy of the same total size measured in the same run.
 
-    python benches/bench_denoise_step.py [--quick] [--dtype float32|float16|bfloat16]
+    python benches/bench_denoise_step.py [--quick] [--busy] [--dtype float32|float16|bfloat16]
+
+``--busy`` times everything with one other process spinning on a core; every implementation is
+also timed on one thread (``speedup_vs_own_1t``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import copy_fn, plot, report, steady_allocator, time_interleaved  # noqa: E402
+from common import (  # noqa: E402
+    add_busy_flag,
+    busy_core,
+    copy_fn,
+    plot,
+    report,
+    split_single_thread,
+    steady_allocator,
+    time_interleaved,
+    with_single_thread,
+)
 from diffusers import DDIMScheduler  # noqa: E402
 
 from pgraft.kernels import _backend  # noqa: E402
@@ -40,6 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the acceptance shape (batch 64, 4x64x64, CFG)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    add_busy_flag(ap)
     args = ap.parse_args()
     steady_allocator()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -101,8 +115,10 @@ def main() -> None:
             got = (got.prev_sample if hasattr(got, "prev_sample") else got).float()
             tol = 1e-4 if dtype == torch.float32 else 8 * torch.finfo(dtype).eps
             torch.testing.assert_close(got, expect, atol=tol, rtol=tol, msg=f"{name} disagrees with diffusers")
-        timed = time_interleaved({**impls, "copy": copy_fn(traffic, device)}, device)
+        with busy_core(args.busy):
+            timed = time_interleaved({**with_single_thread(impls, device), "copy": copy_fn(traffic, device)}, device)
         copy_bw = traffic / (timed.pop("copy") * 1e-3) / 1e9
+        timed, own_1t = split_single_thread(timed)
         base_ms = timed["diffusers"]
         for name, ms in timed.items():
             gbps = traffic / (ms * 1e-3) / 1e9
@@ -110,11 +126,22 @@ def main() -> None:
                 "impl": name, "dispatched": name == dispatched, "batch": batch, "shape": "x".join(map(str, shape)),
                 "cfg": cfg, "dtype": args.dtype, "time_ms": ms, "gbps": gbps, "frac_copy_bw": gbps / copy_bw,
                 "copy_gbps": copy_bw, "speedup_vs_diffusers": base_ms / ms,
+                "speedup_vs_own_1t": own_1t[name] / ms if name in own_1t else float("nan"),
             })  # fmt: skip
-    cols = ["impl", "batch", "shape", "cfg", "time_ms", "gbps", "frac_copy_bw", "speedup_vs_diffusers"]
+    cols = [
+        "impl",
+        "batch",
+        "shape",
+        "cfg",
+        "time_ms",
+        "gbps",
+        "frac_copy_bw",
+        "speedup_vs_diffusers",
+        "speedup_vs_own_1t",
+    ]
     name = "denoise_step" if args.dtype == "float32" else f"denoise_step_{args.dtype}"
-    out = report(name, device, rows, cols, {"quick": args.quick, "dispatched": dispatched})
-    if not args.quick:
+    out = report(name, device, rows, cols, {"quick": args.quick, "busy": args.busy, "dispatched": dispatched})
+    if not args.quick and not args.busy:
         for cfg in (True, False):
             sel = [r for r in rows if r["cfg"] == cfg and r["shape"] == "4x64x64"]
             plot(sel, "batch", "time_ms", "impl", f"DDIM step, 4x64x64, CFG={cfg}", out / f"denoise_step_cfg{cfg}.png")

@@ -8,7 +8,10 @@ output (as a buffer's arena is filled); the loop allocates its torch.cat result,
 bandwidth counts reading and writing the selected rows; the copy it is compared with moves the
 same number of bytes, interleaved with the implementations.
 
-    python benches/bench_select.py [--quick]
+    python benches/bench_select.py [--quick] [--busy]
+
+``--busy`` times everything with one other process spinning on a core; every implementation is
+also timed on one thread (``speedup_vs_own_1t``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import copy_fn, median_of_trials, plot, report, steady_allocator, time_interleaved  # noqa: E402
+from common import (  # noqa: E402
+    add_busy_flag,
+    busy_core,
+    copy_fn,
+    median_of_trials,
+    plot,
+    report,
+    split_single_thread,
+    steady_allocator,
+    time_interleaved,
+    with_single_thread,
+)
 
 from pgraft.kernels import _backend  # noqa: E402
 from pgraft.kernels.select import gather_rows, group_topk, group_topk_reference  # noqa: E402
@@ -52,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="only the acceptance shape (G=64, M=32, K=4)")
     ap.add_argument("--trials", type=int, default=3, help="fresh allocations per shape (median reported)")
+    add_busy_flag(ap)
     args = ap.parse_args()
     steady_allocator()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,10 +109,12 @@ def main() -> None:
             for name, fn in impls.items():
                 out.fill_(float("nan"))
                 assert torch.equal(fn(), expect), f"{name} selects different rows"
-            return time_interleaved({**impls, "copy": copy_fn(traffic, device)}, device)
+            return time_interleaved({**with_single_thread(impls, device), "copy": copy_fn(traffic, device)}, device)
 
-        timed = median_of_trials(measure, args.trials)
+        with busy_core(args.busy):
+            timed = median_of_trials(measure, args.trials)
         copy_bw = traffic / (timed.pop("copy") * 1e-3) / 1e9
+        timed, own_1t = split_single_thread(timed)
         for name, ms in timed.items():
             gbps = traffic / (ms * 1e-3) / 1e9
             rows_out.append({
@@ -105,11 +122,22 @@ def main() -> None:
                 "shape": "x".join(map(str, ROW)), "cfg": False, "time_ms": ms, "gbps": gbps,
                 "frac_copy_bw": gbps / copy_bw, "copy_gbps": copy_bw,
                 "speedup_vs_python_loop": timed["python_loop"] / ms,
+                "speedup_vs_own_1t": own_1t[name] / ms if name in own_1t else float("nan"),
             })  # fmt: skip
-    cols = ["impl", "groups", "m", "k", "time_ms", "gbps", "frac_copy_bw", "speedup_vs_python_loop"]
-    meta = {"quick": args.quick, "dispatched": dispatched, "trials": args.trials}
+    cols = [
+        "impl",
+        "groups",
+        "m",
+        "k",
+        "time_ms",
+        "gbps",
+        "frac_copy_bw",
+        "speedup_vs_python_loop",
+        "speedup_vs_own_1t",
+    ]
+    meta = {"quick": args.quick, "busy": args.busy, "dispatched": dispatched, "trials": args.trials}
     out = report("select", device, rows_out, cols, meta)
-    if not args.quick:
+    if not args.quick and not args.busy:
         sel = [r for r in rows_out if r["k"] == 4 and r["groups"] == 64]
         plot(sel, "m", "time_ms", "impl", "top-4 per group + gather, 64 groups, 4x64x64 rows", out / "select.png")
     acc = [r for r in rows_out if r["dispatched"] and all(r[key] == v for key, v in ACCEPTANCE.items())]

@@ -6,6 +6,7 @@ machines are noisy. Each bench writes benches/results/<device>/<name>.{csv,json,
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import ctypes.util
@@ -14,6 +15,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -214,9 +216,64 @@ def plot(rows: list[dict], x: str, y: str, series: str, title: str, path: Path, 
 def report(name: str, device: torch.device, rows: list[dict], columns: list[str], meta: dict) -> Path:
     """Print the device line and the table, then write the CSV/JSON; returns the results folder.
 
-    A ``--quick`` run writes ``<name>_quick.*``, so it never replaces a full run's results.
+    A ``--quick`` run writes ``<name>_quick.*`` and a ``--busy`` run ``<name>[_quick]_busy.*``, so
+    neither replaces a full quiet run's results.
     """
     extra = f"  dispatched: {meta['dispatched']}" if "dispatched" in meta else ""
-    print(f"device: {device_name(device)}  ({telemetry()['telemetry']}){extra}")
+    busy = "  one core busy (a spinning process)" if meta.get("busy") else ""
+    print(f"device: {device_name(device)}  ({telemetry()['telemetry']}){extra}{busy}")
     print_table(rows, columns)
-    return write_results(f"{name}_quick" if meta.get("quick") else name, device, rows, meta)
+    name = f"{name}_quick" if meta.get("quick") else name
+    return write_results(f"{name}_busy" if meta.get("busy") else name, device, rows, meta)
+
+
+def add_busy_flag(ap) -> None:
+    ap.add_argument(
+        "--busy",
+        action="store_true",
+        help="time with one competing process spinning on a core (a shared node: reward workers, loaders)",
+    )
+
+
+@contextlib.contextmanager
+def busy_core(enabled: bool = True):
+    """With ``enabled``, one process spinning (``while True: pass``) for the duration; it is
+    killed on the way out, whatever happens inside."""
+    if not enabled:
+        yield None
+        return
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # running before the first timed call
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def single_thread(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with torch (and the extension's loops) on one thread: each implementation's own
+    single-thread reference, timed in the same interleaving."""
+
+    def run():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
+
+
+def with_single_thread(impls: dict[str, Callable[[], object]], device: torch.device) -> dict:
+    """``impls`` plus ``<name>@1t``, each on one thread (CPU only)."""
+    if device.type != "cpu":
+        return dict(impls)
+    return {**impls, **{f"{k}@1t": single_thread(fn) for k, fn in impls.items()}}
+
+
+def split_single_thread(timed: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(the implementations' times, their single-thread times by implementation name)."""
+    own = {k[: -len("@1t")]: v for k, v in timed.items() if k.endswith("@1t")}
+    return {k: v for k, v in timed.items() if not k.endswith("@1t")}, own

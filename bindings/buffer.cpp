@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "parallel.h"
 #include "trajectory_buffer.h"
 
 namespace {
@@ -134,8 +135,10 @@ struct Buffer : std::enable_shared_from_this<Buffer> {
     const int64_t* ip = idx.data_ptr<int64_t>();
     const int64_t n = idx.numel();
     py::gil_scoped_release release;
-    const int64_t grain = std::max<int64_t>(1, n / std::max(1, threads));
-    at::parallel_for(0, n, grain, [&](int64_t lo, int64_t hi) { core->gather(ip, lo, hi, ptrs); });
+    int64_t row_bytes = 0;
+    for (const auto& f : fields) row_bytes += f.row_bytes();
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes));
+    pgraft::parallel_chunks(n, grain, threads, [&](int64_t lo, int64_t hi) { core->gather(ip, lo, hi, ptrs); });
   }
 
   at::Tensor field(const std::string& name) {

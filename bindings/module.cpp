@@ -12,10 +12,12 @@
 #include "denoise_step.h"
 #include "gather.h"
 #include "group_topk.h"
+#include "parallel.h"
 
 namespace {
 
-constexpr int64_t kChunk = 1 << 14;  // elements per parallel task
+constexpr int64_t kChunk = 1 << 14;       // elements per parallel task of the step
+constexpr int64_t kGatherBytes = 1 << 16;  // bytes per parallel task of a row gather (at least one row)
 
 // float16 as raw binary16 bits, converted in vectorised blocks (csrc/denoise_step.h), where F16C exists.
 #if defined(__F16C__)
@@ -43,7 +45,7 @@ void denoise_step_typed(const at::Tensor& x, const at::Tensor& o, const c10::opt
   const T* zp = z ? static_cast<const T*>(z->data_ptr()) : nullptr;
   T* pp = static_cast<T*>(prev.data_ptr());
   T* x0p = x0 ? static_cast<T*>(x0->data_ptr()) : nullptr;
-  at::parallel_for(0, rows * chunks, 1, [&](int64_t lo, int64_t hi) {
+  pgraft::parallel_chunks(rows * chunks, 1, at::get_num_threads(), [&](int64_t lo, int64_t hi) {
     for (int64_t task = lo; task < hi; ++task) {
       const int64_t r = task / chunks, c = task % chunks;
       const int64_t off = r * row_len, begin = c * kChunk, end = std::min(row_len, begin + kChunk);
@@ -102,7 +104,9 @@ void gather_rows(const at::Tensor& indices, const std::vector<at::Tensor>& srcs,
         throw std::out_of_range("gather indices must lie in [0, " + std::to_string(s.size(0)) + ")");
   }
   const int64_t per = std::max<int64_t>(1, n);
-  at::parallel_for(0, static_cast<int64_t>(srcs.size()) * per, 1, [&](int64_t lo, int64_t hi) {
+  const int64_t widest = row_bytes.empty() ? 1 : std::max<int64_t>(1, *std::max_element(row_bytes.begin(), row_bytes.end()));
+  const int64_t grain = std::max<int64_t>(1, kGatherBytes / widest);
+  pgraft::parallel_chunks(static_cast<int64_t>(srcs.size()) * per, grain, at::get_num_threads(), [&](int64_t lo, int64_t hi) {
     for (int64_t task = lo; task < hi;) {  // a contiguous run of rows of one tensor per memcpy loop
       const int64_t t = task / per, begin = task % per, end = std::min(per, begin + (hi - task));
       if (row_bytes[t] && n)
@@ -135,7 +139,7 @@ void group_topk(const at::Tensor& rewards, const c10::optional<at::Tensor>& vali
   const bool* v = valid ? valid->data_ptr<bool>() : nullptr;
   int64_t* ip = idx.data_ptr<int64_t>();
   int64_t* cp = counts.data_ptr<int64_t>();
-  at::parallel_for(0, g, std::max<int64_t>(1, 4096 / m), [&](int64_t lo, int64_t hi) {
+  pgraft::parallel_chunks(g, std::max<int64_t>(1, 4096 / m), at::get_num_threads(), [&](int64_t lo, int64_t hi) {
     std::vector<int64_t> order(static_cast<size_t>(m));
     for (int64_t row = lo; row < hi; ++row)
       cp[row] = pgraft::topk_row(r + row * m, v ? v + row * m : nullptr, m, k, order.data(), ip + row * k);
@@ -160,7 +164,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return false;
 #endif
       },
-      "whether at::parallel_for runs in parallel in this build (setup.py compiles with -fopenmp)");
+      "whether the compiled loops run in parallel in this build (setup.py compiles with -fopenmp)");
   m.def("group_topk", &group_topk, "per-group top-K (CPU)", py::arg("rewards"), py::arg("valid"), py::arg("k"),
         py::arg("idx"), py::arg("counts"));
   m.def("gather_rows", &gather_rows, "gather rows of several CPU tensors", py::arg("indices"), py::arg("srcs"),

@@ -17,7 +17,13 @@ class OverlappedScorer:
 
     def __init__(self, reward_fn: RewardFn, decode: Callable[[torch.Tensor], torch.Tensor]):
         self.reward_fn, self.decode = reward_fn, decode
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgraft-reward")
+        # One intra-op thread for the scorer (torch's thread count is per calling thread): with
+        # torch's default it would start a second team of busy-waiting threads beside the
+        # sampler's, and on 2 cores the rollout took 1.39x as long as sampling and then scoring
+        # (benches/bench_overlap.py, docs/kernels.md "A busy core").
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="pgraft-reward", initializer=torch.set_num_threads, initargs=(1,)
+        )
         self._futures: list[Future] = []
 
     def _score(self, x0: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
