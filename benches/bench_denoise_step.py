@@ -23,17 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import (  # noqa: E402
-    add_busy_flag,
-    busy_core,
-    copy_fn,
-    plot,
-    report,
-    split_single_thread,
-    steady_allocator,
-    time_interleaved,
-    with_single_thread,
-)
+from common import add_busy_flag, busy_core, plot, report, split_single_thread, steady_allocator  # noqa: E402
+from common import time_with_single_thread as timed_all  # noqa: E402
 from diffusers import DDIMScheduler  # noqa: E402
 
 from pgraft.kernels import _backend  # noqa: E402
@@ -116,7 +107,7 @@ def main() -> None:
             tol = 1e-4 if dtype == torch.float32 else 8 * torch.finfo(dtype).eps
             torch.testing.assert_close(got, expect, atol=tol, rtol=tol, msg=f"{name} disagrees with diffusers")
         with busy_core(args.busy):
-            timed = time_interleaved({**with_single_thread(impls, device), "copy": copy_fn(traffic, device)}, device)
+            timed = timed_all(impls, device, traffic)
         copy_bw = traffic / (timed.pop("copy") * 1e-3) / 1e9
         timed, own_1t = split_single_thread(timed)
         base_ms = timed["diffusers"]

@@ -26,14 +26,12 @@ import torch  # noqa: E402
 from common import (  # noqa: E402
     add_busy_flag,
     busy_core,
-    copy_fn,
     median_of_trials,
     plot,
     report,
     split_single_thread,
     steady_allocator,
-    time_interleaved,
-    with_single_thread,
+    time_with_single_thread,
 )
 
 from pgraft.kernels import _backend  # noqa: E402
@@ -109,7 +107,7 @@ def main() -> None:
             for name, fn in impls.items():
                 out.fill_(float("nan"))
                 assert torch.equal(fn(), expect), f"{name} selects different rows"
-            return time_interleaved({**with_single_thread(impls, device), "copy": copy_fn(traffic, device)}, device)
+            return time_with_single_thread(impls, device, traffic)
 
         with busy_core(args.busy):
             timed = median_of_trials(measure, args.trials)

@@ -277,3 +277,11 @@ def split_single_thread(timed: dict[str, float]) -> tuple[dict[str, float], dict
     """(the implementations' times, their single-thread times by implementation name)."""
     own = {k[: -len("@1t")]: v for k, v in timed.items() if k.endswith("@1t")}
     return {k: v for k, v in timed.items() if not k.endswith("@1t")}, own
+
+
+def time_with_single_thread(
+    impls: dict[str, Callable[[], object]], device: torch.device, copy_bytes: int
+) -> dict[str, float]:
+    """:func:`time_interleaved` of ``impls``, each also on one thread (``<name>@1t``), and a plain
+    copy of ``copy_bytes`` (``copy``), all in one interleaving."""
+    return time_interleaved({**with_single_thread(impls, device), "copy": copy_fn(copy_bytes, device)}, device)
