@@ -223,6 +223,10 @@ class PGraftConfig(_Strict):
 def _n_i_is_chosen_by_the_experiment(method: PGraftConfig, field: str) -> None:
     if method.n_i != 0:
         raise ValueError(f"method.n_i is set by the experiment itself; set {field} instead")
+    if method.algorithm != "pgraft":
+        raise ValueError(
+            "method.algorithm: this experiment runs GRAFT / P-GRAFT at its own N_I; `pgraft compare` runs the baselines"
+        )
 
 
 class EvalConfig(_Strict):
@@ -345,8 +349,6 @@ class CompareConfig(_Strict):
     @model_validator(mode="after")
     def _methods_valid(self):
         _n_i_is_chosen_by_the_experiment(self.method, "pgraft_n_i")
-        if self.method.algorithm != "pgraft":
-            raise ValueError("method.algorithm is chosen per method by the comparison; leave it at pgraft")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
         for n_i in self.pgraft_n_i:

@@ -175,6 +175,20 @@ def test_policy_gradient_configs_refuse_what_they_cannot_do():
         PGraftConfig(algorithm="grpo", sampler={"eta": 0.0})
     with pytest.raises(ValidationError, match=">= 2"):
         PGraftConfig(algorithm="grpo", samples_per_condition=1)
+    from pgraft.config import CompareConfig, DemoConfig, SweepConfig, build
+    from pgraft.errors import ConfigError
+
+    for cls in (DemoConfig, SweepConfig, CompareConfig):  # each experiment chooses the algorithms itself
+        with pytest.raises(ConfigError, match="method.algorithm"):
+            build(cls, {"method": {"algorithm": "ddpo"}})
+
+
+def test_the_loop_refuses_a_baseline_with_an_intermediate_step(tiny_unet):
+    from pgraft.errors import ConfigError
+
+    cfg = PGraftConfig(algorithm="ddpo", samples_per_condition=4).model_copy(update={"n_i": 2})  # not validated
+    with pytest.raises(ConfigError, match="n_i=2 applies to algorithm=pgraft"):
+        run_pgraft(tiny_unet, brightness, decode, 3, (1, 8, 8), cfg, null_label=3, progress=False)
 
 
 def test_grpo_trains_a_class_conditional_flow_base_with_the_flow_sde_step(digits8):

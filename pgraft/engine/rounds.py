@@ -174,6 +174,8 @@ class PGraftLoop:
             raise ConfigError(
                 f"algorithm=pgraft trains a denoising loss: the {s.kind} sampler has no ᾱ (use grpo/ddpo)"
             )
+        if cfg.algorithm != "pgraft" and cfg.n_i != 0:  # a config copied without validation
+            raise ConfigError(f"n_i={cfg.n_i} applies to algorithm=pgraft; {cfg.algorithm} trains the whole chain")
         if cfg.algorithm != "pgraft" and keep_rounds != 1:
             raise ValueError(f"{cfg.algorithm} is on-policy: it trains on its own round only (keep_rounds=1)")
         self.model = make_trainable(base, cfg.train, cfg.seed)
