@@ -29,7 +29,7 @@ from torch import nn
 from ..config import PGraftConfig
 from ..models.schedule import COEFFICIENTS, HALF_LOG_2PI, Schedule
 from .advantages import PerConditionStats, group_advantages
-from .rollout import Rollout
+from .rollout import Rollout, network_outputs
 from .select import Acceptance
 from .train import TrainingData
 
@@ -37,12 +37,10 @@ _COEF = {name: i for i, name in enumerate(COEFFICIENTS)}
 
 
 def guided_output(model: nn.Module, x, t, cond, guidance_scale: float, null_label: int | None):
-    """The network output the sampler steps with: one forward, or CFG's two as one batch."""
-    if guidance_scale == 1.0:
-        return model(x, t, cond)
-    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null_label)]))
-    out, uncond = both.chunk(2)
-    return uncond + guidance_scale * (out - uncond)
+    """The network output the sampler steps with (after classifier-free guidance, as the fused
+    step combines it), from the rollout's own batched forward; differentiable."""
+    out, uncond = network_outputs(model, x, t, cond, guidance_scale, null_label)
+    return out if uncond is None else uncond + guidance_scale * (out - uncond)
 
 
 def _coef(table: torch.Tensor, steps: torch.Tensor, name: str, ndim: int) -> torch.Tensor:

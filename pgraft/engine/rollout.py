@@ -38,6 +38,15 @@ class Rollout:
         return Rollout(all_gather_rows(self.x0), all_gather_rows(self.x_ni), all_gather_rows(self.cond), self.n_i)
 
 
+def network_outputs(model, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance_scale: float, null_label):
+    """The network's output for (x, t, cond) and, under classifier-free guidance, the
+    unconditional one (``null_label``) from the same batched forward; None without guidance."""
+    if guidance_scale == 1.0:
+        return model(x, t, cond), None
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null_label)]))
+    return both.chunk(2)
+
+
 @torch.no_grad()
 def run_chain(
     policy: Policy,
@@ -51,27 +60,28 @@ def run_chain(
     guidance_scale: float = 1.0,
     null_label: int | None = None,
     log_probs: list[torch.Tensor] | None = None,
+    chain: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Denoise ``x`` (state x_{start_state}, default x_S) down to x_0.
 
     Returns x_0 and the states x_n for n in ``keep`` (n = start_state keeps the input). A list
     passed as ``log_probs`` receives each step's log p(x_prev | x_t) [B] (of the guided output
-    under CFG), from the fused step.
+    under CFG), from the fused step; a tensor ``chain`` [B, S + 1, ...] receives every state of
+    a whole chain (``chain[:, i]`` the input of step i, ``chain[:, S]`` x_0).
     """
     steps = schedule.steps
     start_state = steps if start_state is None else start_state
     kept = {n: x.clone() for n in keep if n == start_state}
-    cfg = guidance_scale != 1.0
-    if cfg and null_label is None:
+    if guidance_scale != 1.0 and null_label is None:
         raise ValueError("guidance_scale != 1 needs the model's null label")
+    if chain is not None and start_state != steps:
+        raise ValueError("chain records whole chains: start_state must be the sampler's first state")
     for step in range(steps - start_state, steps):
         model = policy.model_for_step(step, steps)
         t = schedule.timesteps[step].expand(x.shape[0]).to(x.device)
-        if cfg:
-            both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, torch.full_like(cond, null_label)]))
-            out, uncond = both.chunk(2)
-        else:
-            out, uncond = model(x, t, cond), None
+        if chain is not None:
+            chain[:, step].copy_(x)
+        out, uncond = network_outputs(model, x, t, cond, guidance_scale, null_label)
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
         stepped = denoise_step(
             x,
@@ -91,6 +101,8 @@ def run_chain(
         n = steps - step - 1
         if n in keep:
             kept[n] = x.clone()
+    if chain is not None:
+        chain[:, steps].copy_(x)
     return x, kept
 
 
@@ -123,37 +135,36 @@ def rollout(
     every state of the chain and every step's log-probability (policy-gradient training).
     """
     start, stop = shard_range(cond.shape[0], batch_size) if shard else (0, cond.shape[0])
-    x0s, xnis, chains, lps = [], [], [], []
+    x0s, xnis = [], []
     steps = schedule.steps
+    states = torch.empty((stop - start, steps + 1, *sample_shape), device=device) if record else None
+    log_prob = torch.empty((stop - start, steps), device=device) if record else None
     chunks = range(start, stop, batch_size)
     for lo in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         gen = generator(*seed, "chunk", lo // batch_size)
         c = cond[lo : min(lo + batch_size, stop)]
         x = torch.randn((c.shape[0], *sample_shape), generator=gen).to(device or "cpu")
         log_probs = [] if record else None
+        rows = slice(lo - start, lo - start + c.shape[0])
         x0, kept = run_chain(
             policy,
             schedule,
             x,
             c.to(x.device),
             gen,
-            keep=tuple(range(steps, -1, -1)) if record else (n_i,) if n_i > 0 else (),
+            keep=(n_i,) if n_i > 0 else (),
             guidance_scale=guidance_scale,
             null_label=null_label,
             log_probs=log_probs,
+            chain=states[rows] if record else None,  # written in place: one copy of each state
         )
         x0s.append(x0)
         xnis.append(kept[n_i] if n_i > 0 else x0)
         if record:
-            chains.append(torch.stack([kept[n] for n in range(steps, 0, -1)] + [x0], 1))
-            lps.append(torch.stack(log_probs, 1))
+            log_prob[rows] = torch.stack(log_probs, 1)
         if on_chunk is not None:
             on_chunk(x0, c)
     empty = torch.empty((0, *sample_shape), device=device)
     x0 = torch.cat(x0s) if x0s else empty
     x_ni = torch.cat(xnis) if xnis else empty
-    states = log_prob = None
-    if record:
-        states = torch.cat(chains) if chains else torch.empty((0, steps + 1, *sample_shape), device=device)
-        log_prob = torch.cat(lps) if lps else torch.empty((0, steps), device=device)
     return Rollout(x0, x_ni, cond[start:stop].clone(), n_i, start, states, log_prob)

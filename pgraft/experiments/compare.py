@@ -27,7 +27,7 @@ from ..report import plot_compare, save_grid, table
 from ..tasks import Task
 from .common import evaluate_on_task, load_seed_runs, start_experiment, task_loop
 from .run_dir import RunDir
-from .sweep import pool
+from .sweep import pooled_reward
 
 COLUMNS = [
     "method",
@@ -93,17 +93,6 @@ def _passes(counts: dict) -> int:
     return counts["sampling_forward"] + counts["train_forward"] + counts["train_backward"]
 
 
-def _pooled(points: list[dict]) -> dict:
-    """One point over seeds: pooled held-out mean and CI, the spread of the seeds' means."""
-    mean, ci = pool([(p["eval_samples"], p["reward_mean"], p["reward_std"]) for p in points])
-    means = torch.tensor([p["reward_mean"] for p in points], dtype=torch.float64)
-    return {
-        "reward_mean": mean,
-        "reward_ci95": list(ci),
-        "reward_seed_std": float(means.std(unbiased=True)) if len(points) > 1 else 0.0,
-    }
-
-
 def summarise(per_seed: list[dict], start: dict) -> dict:
     """A method's entry of results.json from its seeds' runs (``start``: the base's curve point).
 
@@ -113,11 +102,11 @@ def summarise(per_seed: list[dict], start: dict) -> dict:
     curve = [start]
     for i, point in enumerate(per_seed[0]["curve"]):
         points = [s["curve"][i] for s in per_seed]
-        curve.append({"samples": point["samples"], "passes": point["passes"], **_pooled(points)})
+        curve.append({"samples": point["samples"], "passes": point["passes"], **pooled_reward(points)})
     finals = [s["final"] for s in per_seed]
     avg = lambda key: sum(f[key] for f in finals) / len(finals)  # noqa: E731
     final = {
-        **_pooled(finals),
+        **pooled_reward(finals),
         "accuracy": avg("accuracy"),
         "diversity": avg("diversity"),
         "samples": finals[0]["samples"],
@@ -138,11 +127,11 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
     label = f"{cfg.task.name}, {cfg.task.base} base"
     base_ev = evaluate_on_task(task, Single(task.base), schedule, cfg.method, cfg.eval, "base")
     base_curve = evaluate_on_task(task, Single(task.base), schedule, cfg.method, curve_eval, "base (curve)")
-    start = {"samples": 0, "passes": 0, **_pooled([_stats(base_curve)])}
+    start = {"samples": 0, "passes": 0, **pooled_reward([_stats(base_curve)])}
     base = {
         "final": {
             **_stats(base_ev),
-            **_pooled([_stats(base_ev)]),
+            **pooled_reward([_stats(base_ev)]),
             "accuracy": base_ev.summary()["accuracy"],
             "diversity": base_ev.summary()["diversity"],
             "samples": 0,

@@ -81,16 +81,24 @@ def pool(stats: list[tuple[int, float, float]]) -> tuple[float, tuple[float, flo
     return mean, (mean - half, mean + half)
 
 
-def _pooled_row(per_seed: list[dict]) -> dict:
-    """One N_I's row over its seeds: the pooled held-out reward with its CI (sampling error within
-    a seed), the spread of the seeds' means (reward_seed_std: between seeds), and seed means."""
+def pooled_reward(per_seed: list[dict]) -> dict:
+    """Seeds' held-out rewards (each with ``eval_samples``, ``reward_mean``, ``reward_std``): the
+    pooled mean and CI (sampling error within a seed) and the spread of the seeds' means
+    (reward_seed_std: between seeds)."""
     mean, ci = pool([(p["eval_samples"], p["reward_mean"], p["reward_std"]) for p in per_seed])
     means = torch.tensor([p["reward_mean"] for p in per_seed], dtype=torch.float64)
-    avg = lambda key: float(sum(p[key] for p in per_seed) / len(per_seed))  # noqa: E731
     return {
         "reward_mean": mean,
         "reward_ci95": list(ci),
         "reward_seed_std": float(means.std(unbiased=True)) if len(per_seed) > 1 else 0.0,
+    }
+
+
+def _pooled_row(per_seed: list[dict]) -> dict:
+    """One N_I's row over its seeds: :func:`pooled_reward`, and seed means."""
+    avg = lambda key: float(sum(p[key] for p in per_seed) / len(per_seed))  # noqa: E731
+    return {
+        **pooled_reward(per_seed),
         "accuracy": avg("accuracy"),
         "diversity": avg("diversity"),
         **_diag_row(per_seed),
