@@ -165,6 +165,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
       },
       "whether the compiled loops run in parallel in this build (setup.py compiles with -fopenmp)");
+  m.def("reset_parallel_backoff", &pgraft::reset_backoff,
+        "run the next parallel call on every thread again, whatever contention was seen (tests)");
   m.def("group_topk", &group_topk, "per-group top-K (CPU)", py::arg("rewards"), py::arg("valid"), py::arg("k"),
         py::arg("idx"), py::arg("counts"));
   m.def("gather_rows", &gather_rows, "gather rows of several CPU tensors", py::arg("indices"), py::arg("srcs"),

@@ -41,6 +41,12 @@ inline double now_us() {
 }
 }  // namespace detail
 
+// Forgets any back-off: the next call uses every thread again (tests reach the parallel path).
+inline void reset_backoff() {
+  detail::serial_calls_left().store(0, std::memory_order_relaxed);
+  detail::backoff().store(0, std::memory_order_relaxed);
+}
+
 // Calls fn(lo, hi) on consecutive chunks [lo, hi) of [0, n), of `grain` items (the last ragged),
 // on up to `threads` threads. Every item is processed exactly once, whatever the thread count,
 // the grain or the back-off; fn must not throw.
