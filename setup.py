@@ -56,7 +56,9 @@ setup(
     package_data={"pgraft": ["tasks/pretrained/*/*/weights.safetensors*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
+        # the molecules task: RDKit and QM9 (the CSVs inside qm9pack are read by path)
+        "molecules": ["rdkit==2026.9.1", "qm9pack==1.0.3"],
+        "test": ["pytest>=8", "hypothesis>=6", "rdkit==2026.9.1", "qm9pack==1.0.3"],
         "gpu": ["xformers==0.0.35"],
         "vqascore": ["t2v_metrics"],  # the paper's reward (downloads its model on first use)
     },

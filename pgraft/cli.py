@@ -21,7 +21,7 @@ from .errors import PgraftError  # noqa: E402
 
 def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--config", type=Path, help="YAML config (defaults: the embedded digits task)")
-    p.add_argument("--task", choices=["digits", "animals"], help="embedded task (overrides task.name)")
+    p.add_argument("--task", choices=["digits", "animals", "molecules"], help="embedded task (overrides task.name)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"task {task.name}: judge held-out accuracy {task.judge_accuracy:.4f}, "
                 f"real test reward {task.real_reward_mean:.4f}"
             )
-            print(f"base model: {task.paths['base']}\njudge: {task.paths['judge']}")
+            for kind, path in task.paths.items():
+                print(f"{kind}: {path}")
             if args.ship:
                 from .tasks import ship_models
 

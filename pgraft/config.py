@@ -52,7 +52,8 @@ class JudgeConfig(_Strict):
     seed: int = 0
 
 
-TaskName = Literal["digits", "animals"]
+ImageTaskName = Literal["digits", "animals"]
+TaskName = Literal["digits", "animals", "molecules"]
 BaseVariant = Literal["noisy_captions", "undertrained"]
 
 # What each base variant sets in ``task.unet`` unless the config sets it (README, "The base models";
@@ -67,6 +68,50 @@ BASE_VARIANTS: dict[str, dict] = {
 }
 
 
+class GraphModelConfig(_Strict):
+    """The molecules task's base: a graph transformer (pgraft/models/graph_transformer.py) and its
+    DDPM pretraining budget on QM9 (docs/molecules.md)."""
+
+    dim: int = Field(128, ge=8, le=1024)  # atom features
+    edge_dim: int = Field(32, ge=4, le=512)  # bond features
+    heads: int = Field(4, ge=1, le=32)
+    layers: int = Field(4, ge=1, le=16)
+    num_train_timesteps: int = Field(1000, ge=10, le=10000)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    pretrain_steps: int = Field(8000, ge=1)  # ~20 epochs of QM9, ~15 min on 2 cores
+    pretrain_batch: int = Field(256, ge=1)
+    pretrain_lr: float = Field(1e-3, gt=0)
+    pretrain_lr_schedule: Literal["constant", "linear_decay"] = "linear_decay"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
+        return self
+
+
+MoleculeTerm = Literal["validity", "qed", "sa", "logp"]
+
+
+class MoleculeRewardTerm(_Strict):
+    name: MoleculeTerm
+    weight: float = 1.0
+
+
+class MoleculesConfig(_Strict):
+    """The molecules task: QM9 (qm9pack) as graphs, a graph-transformer base, RDKit rewards."""
+
+    model: GraphModelConfig = GraphModelConfig()
+    # every term scores an invalid molecule 0, so qed alone is validity × QED (the default)
+    reward: list[MoleculeRewardTerm] = Field(default_factory=lambda: [MoleculeRewardTerm(name="qed")], min_length=1)
+    # None: all of QM9; N: a seeded random subset of N molecules (tests, quick experiments)
+    max_molecules: Optional[int] = Field(None, ge=10)
+    # held-out molecules in the Fréchet distance's reference set (and training molecules in its floor)
+    reference_size: int = Field(5000, ge=100)
+
+
 class TaskConfig(_Strict):
     name: TaskName = "digits"
     base: BaseVariant = "noisy_captions"
@@ -75,6 +120,7 @@ class TaskConfig(_Strict):
     split_seed: int = 0
     unet: UNetConfig = UNetConfig()
     judge: JudgeConfig = JudgeConfig()
+    molecules: MoleculesConfig = MoleculesConfig()  # the molecules task (the image fields do not apply)
     cache_dir: Optional[Path] = None  # default: $PGRAFT_CACHE or ~/.cache/pgraft
 
     @model_validator(mode="before")
@@ -235,13 +281,76 @@ class EvalConfig(_Strict):
     batch_size: int = Field(500, ge=1)
 
 
+# What the experiments (demo, sweep, train) start from on a task unless the config sets it, deep-
+# merged under the config. Molecules are one unconditional group: M = 1024 samples a round (the
+# image demos draw 10 × 64 = 640), K = 128 (12.5%, as 8 of 64) under the dedup rule (the paper's
+# molecule setting), rollout in one chunk, and 2,000 held-out samples in every evaluation
+# (docs/molecules.md).
+TASK_DEFAULTS: dict[str, dict] = {
+    "molecules": {
+        "method": {"samples_per_condition": 1024, "rollout_batch": 1024, "select": {"rule": "dedup", "k": 128}},
+        "eval": {"samples_per_class": 2000, "batch_size": 1000},
+    },
+}
+
+
+def _task_name(data: dict) -> str:
+    task = data.get("task", {})
+    return task.get("name", "digits") if isinstance(task, dict) else getattr(task, "name", "digits")
+
+
+def _with_task_defaults(data: Any, sections: tuple[str, ...] = ("method", "eval")) -> Any:
+    """``data`` with the task's TASK_DEFAULTS merged under the given sections (the config wins)."""
+    if not isinstance(data, dict):
+        return data
+    defaults = TASK_DEFAULTS.get(_task_name(data), {})
+    merged = {k: deep_merge(defaults[k], data.get(k, {})) for k in sections if k in defaults}
+    return {**data, **{k: v for k, v in merged.items() if isinstance(data.get(k, {}), dict)}}
+
+
+class DemoRun(_Strict):
+    """One fine-tuned model of the demo: ``kind`` graft (N_I = 0), pgraft (N_I = pgraft_n_i) or
+    ddpo (the task's tuned DDPO, TUNED_BASELINES), with ``changes`` to the shared ``method``
+    (e.g. {select: {rule: dedup}})."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    kind: Literal["graft", "pgraft", "ddpo"]
+    changes: dict[str, Any] = Field(default_factory=dict)
+
+
+# The demo's fine-tuned models per task: the image tasks show GRAFT against P-GRAFT; molecules
+# add the dedup rule (the paper's molecule setting) and DDPO (issue 14).
+DEMO_RUNS: dict[str, list[dict]] = {
+    "digits": [{"name": "graft", "kind": "graft"}, {"name": "pgraft", "kind": "pgraft"}],
+    "animals": [{"name": "graft", "kind": "graft"}, {"name": "pgraft", "kind": "pgraft"}],
+    "molecules": [
+        {"name": "graft", "kind": "graft", "changes": {"select": {"rule": "top_k"}}},
+        {"name": "graft_dedup", "kind": "graft", "changes": {"select": {"rule": "dedup"}}},
+        {"name": "pgraft_dedup", "kind": "pgraft", "changes": {"select": {"rule": "dedup"}}},
+        {"name": "ddpo", "kind": "ddpo"},
+    ],
+}
+# N_I of P-GRAFT in the demo per task (the sweeps' best, README)
+DEMO_N_I: dict[str, int] = {"digits": 6, "animals": 6, "molecules": 6}
+
+
 class DemoConfig(_Strict):
-    """`pgraft demo`: base vs GRAFT (n_i=0) vs P-GRAFT (n_i=pgraft_n_i) at one sample budget."""
+    """`pgraft demo`: the base and fine-tuned models (``runs``) at one sample budget."""
 
     task: TaskConfig = TaskConfig()
     method: PGraftConfig = PGraftConfig()
-    pgraft_n_i: int = Field(6, ge=1)  # N_I = 0.25·S won the sweep (README)
+    pgraft_n_i: int = Field(6, ge=1)  # N_I of the pgraft runs; default per task (DEMO_N_I)
+    runs: list[DemoRun] = Field(default_factory=list)  # default per task (DEMO_RUNS)
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        data = _with_task_defaults(data)
+        if isinstance(data, dict):
+            name = _task_name(data)
+            data = {"runs": DEMO_RUNS.get(name, []), "pgraft_n_i": DEMO_N_I.get(name, 6), **data}
+        return data
 
     @model_validator(mode="after")
     def _n_i_in_range(self):
@@ -250,7 +359,20 @@ class DemoConfig(_Strict):
             raise ValueError(
                 f"pgraft_n_i={self.pgraft_n_i} must lie in [1, method.sampler.steps={self.method.sampler.steps})"
             )
+        names = [r.name for r in self.runs]
+        if not names or len(set(names)) != len(names) or "base" in names:
+            raise ValueError(f"runs must name at least one model, each once and none 'base', got {names}")
+        for run in self.runs:
+            self.run_config(run)  # raises, naming the run, if invalid
         return self
+
+    def run_config(self, run: DemoRun) -> PGraftConfig:
+        """The method config of one demo run."""
+        changes = {"graft": {"n_i": 0}, "pgraft": {"n_i": self.pgraft_n_i}}.get(run.kind)
+        if changes is None:  # ddpo: the task's tuned values
+            changes = {**TUNED_BASELINES.get(self.task.name, {}).get("ddpo", {}), "algorithm": "ddpo"}
+        data = deep_merge(deep_merge(self.method.model_dump(), changes), run.changes)
+        return _validated_method(data, run.name, self.method.seed)
 
 
 class SweepConfig(_Strict):
@@ -269,6 +391,11 @@ class SweepConfig(_Strict):
     diag_fracs: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 0.9])
     diag_states_per_class: int = Field(4, ge=1)  # fixed x_{N_I} states per class
     diag_completions: int = Field(16, ge=2)  # base-model completions per state
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        return _with_task_defaults(data)
 
     @model_validator(mode="after")
     def _fracs_in_range(self):
@@ -337,12 +464,12 @@ class CompareConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _tuned_defaults(cls, data: Any) -> Any:
-        """Start ``ddpo`` / ``grpo`` from the task's tuned values; what the config sets wins."""
+        """Start ``ddpo`` / ``grpo`` from the task's tuned values and ``method`` / ``eval`` from
+        its TASK_DEFAULTS; what the config sets wins."""
         if not isinstance(data, dict):
             return data
-        task = data.get("task", {})
-        name = task.get("name", "digits") if isinstance(task, dict) else getattr(task, "name", "digits")
-        tuned = TUNED_BASELINES.get(name, {})
+        data = _with_task_defaults(data)
+        tuned = TUNED_BASELINES.get(_task_name(data), {})
         merged = {k: deep_merge(v, data.get(k, {})) for k, v in tuned.items() if isinstance(data.get(k, {}), dict)}
         return {**data, **merged}  # a non-mapping value is left for field validation to report
 
@@ -386,7 +513,7 @@ def _validated_method(data: dict, name: str, seed: int) -> PGraftConfig:
 class BasesConfig(_Strict):
     """`pgraft bases`: each task's base variants measured beside the real held-out images."""
 
-    tasks: list[TaskName] = Field(default_factory=lambda: ["digits", "animals"], min_length=1)
+    tasks: list[ImageTaskName] = Field(default_factory=lambda: ["digits", "animals"], min_length=1)
     variants: list[BaseVariant] = Field(default_factory=lambda: ["noisy_captions", "undertrained"], min_length=1)
     sampler: SamplerConfig = SamplerConfig()  # the demo's sampler
     eval: EvalConfig = EvalConfig()  # 100 per class: 1,000 samples per base
@@ -466,6 +593,11 @@ class TrainRunConfig(_Strict):
     # Stable Diffusion instead of the embedded task: the model, its prompts and the reward terms.
     stable_diffusion: Optional[StableDiffusionConfig] = None
     reward: list[RewardTerm] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        return _with_task_defaults(data)
 
     @model_validator(mode="after")
     def _reward_goes_with_sd(self):

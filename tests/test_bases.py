@@ -2,7 +2,10 @@
 the weights shipped inside the package, and `pgraft bases`."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ import torch
 from pgraft import config as C
 from pgraft.errors import CheckpointError
 from pgraft.io import load_state
-from pgraft.tasks import SPECS, cache, corrupt_labels, model_payloads, prepare_task
+from pgraft.tasks import SPECS, cache, corrupt_labels, model_payloads, molecules, prepare_task
 
 TINY_TASK = {
     "unet": {"block_out_channels": [8, 16], "attention": False, "pretrain_steps": 4, "pretrain_batch": 16},
@@ -48,7 +51,7 @@ def test_base_variant_fills_only_the_unset_pretraining_fields():
         C.build(C.DemoConfig, {}, ["task.unet.caption_noise=1.5"])
 
 
-@pytest.mark.parametrize("task", ["digits", "animals"])
+@pytest.mark.parametrize("task", ["digits", "animals", "molecules"])
 def test_shipped_weights_are_what_the_code_would_train(task):
     """The default base and judge ship inside the package under the hash of the config that
     trained them, and their manifests record that very config: changing a default without
@@ -61,7 +64,7 @@ def test_shipped_weights_are_what_the_code_would_train(task):
         assert meta["kind"] == kind
         assert meta["config"] == json.loads(json.dumps(payload, default=str)), f"{task} {kind}: config drifted"
         assert path.stat().st_size < 8 << 20
-    base = SPECS[task].build_base(cfg)
+    base = molecules.build_base(cfg) if task == "molecules" else SPECS[task].build_base(cfg)
     base.load_state_dict(load_state(cache.entry_path(cache.SHIPPED_ROOT, task, "base", model_payloads(cfg)["base"]))[0])
 
 
@@ -130,3 +133,14 @@ def test_tiny_bases_measure_the_real_images_and_each_variant(tmp_path):
 def test_sweep_levels_that_round_to_one_step_are_refused():
     with pytest.raises(C.ConfigError, match="same N_I twice"):
         C.build(C.SweepConfig, {}, ["n_i_fracs=[0.24, 0.25]"])  # both are step 6 of 25
+
+
+def test_the_image_tasks_need_neither_rdkit_nor_qm9():
+    """The digits demo runs without the molecules extra: nothing on its path imports it."""
+    script = (
+        "import sys; import pgraft.cli, pgraft.experiments.demo, pgraft.experiments.sweep, pgraft.tasks;"
+        "from pgraft.config import DemoConfig; from pgraft.tasks import prepare_task;"
+        "prepare_task(DemoConfig().task, progress=False);"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('rdkit', 'qm9pack')]; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -4,13 +4,15 @@ Every model is evaluated on the same held-out seeds (common random numbers), dis
 rollout seeds. Under several ranks each samples and scores its share of the chunks and the rewards
 and images are gathered, so every rank returns the same evaluation. Diversity (ours): the mean pairwise
 RMS pixel distance between samples of the same class, in image space [0, 1], averaged over classes.
+A task may bring its own ``metrics`` of the decoded samples (molecules: validity, uniqueness,
+novelty, ...); they join the summary, and a "diversity" among them replaces the pixel one.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -35,6 +37,7 @@ class Evaluation:
     images: torch.Tensor  # [N, C, H, W] in [0, 1], class-major
     labels: torch.Tensor
     rewards: torch.Tensor  # [N], NaN/Inf included
+    extra: dict = field(default_factory=dict)  # the task's own metrics
 
     def summary(self) -> dict:
         return {
@@ -43,6 +46,7 @@ class Evaluation:
             "per_class": self.per_class,
             "accuracy": self.accuracy,
             "diversity": self.diversity,
+            **self.extra,
             "eval_samples": self.samples,
             "eval_wall_s": self.wall_s,
         }
@@ -87,8 +91,10 @@ def evaluate(
     conditions: torch.Tensor | None = None,
     progress: bool = False,
     desc: str = "evaluate",
+    metrics: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> Evaluation:
-    """``conditions``: the condition ids to evaluate (held-out prompts); default 0..num_classes-1."""
+    """``conditions``: the condition ids to evaluate (held-out prompts); default 0..num_classes-1.
+    ``metrics(decoded, labels) -> dict``: the task's own metrics of the samples."""
     t0 = time.time()
     conditions = torch.arange(num_classes) if conditions is None else conditions
     labels = conditions.repeat_interleave(cfg.samples_per_class)
@@ -113,6 +119,6 @@ def evaluate(
     mean, ci = mean_ci95(rewards[finite])
     per_class = [float(rewards[(labels == c) & finite].mean()) for c in conditions.tolist()]
     acc = float((classify(images) == labels).float().mean()) if classify is not None else float("nan")
-    return Evaluation(
-        mean, ci, per_class, acc, diversity(images, labels), labels.numel(), time.time() - t0, images, labels, rewards
-    )
+    extra = metrics(images, labels) if metrics is not None else {}
+    div = extra.pop("diversity") if "diversity" in extra else diversity(images, labels)
+    return Evaluation(mean, ci, per_class, acc, div, labels.numel(), time.time() - t0, images, labels, rewards, extra)

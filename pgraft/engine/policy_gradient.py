@@ -176,7 +176,7 @@ class PolicyGradient:
     def row_fields(self, traj: Rollout) -> dict[str, torch.Tensor]:
         return {"states": traj.states, "log_prob": traj.log_prob}
 
-    def accept(self, rewards: torch.Tensor, groups: int, round_: int, samples=None) -> Acceptance:
+    def accept(self, rewards: torch.Tensor, groups: int, round_: int, samples=None, keys=None) -> Acceptance:
         """Every sample with a finite reward, with its advantage (``rewards``: the flat [G·M] table)."""
         m = rewards.numel() // groups
         if self.tracker is not None:

@@ -103,9 +103,10 @@ class RejectionSampling:
     def row_fields(self, traj: Rollout) -> dict[str, torch.Tensor]:
         return {"x_ni": traj.x_ni, "x0": traj.x0}
 
-    def accept(self, rewards: torch.Tensor, groups: int, round_: int, samples=None) -> Acceptance:
+    def accept(self, rewards: torch.Tensor, groups: int, round_: int, samples=None, keys=None) -> Acceptance:
         table = rewards.view(groups, -1)
-        sel = select(table, self.cfg.select, generator=generator(self.seed, "select", round_), samples=samples)
+        gen = generator(self.seed, "select", round_)
+        sel = select(table, self.cfg.select, generator=gen, samples=samples, keys=keys)
         return Acceptance(sel.indices.sort().values, {}, sel.invalid)
 
     def training_data(self, buffer: TrajectoryBuffer, schedule: Schedule) -> TrainingData:
@@ -158,6 +159,7 @@ class PGraftLoop:
         checkpoint_every: int = 0,
         run_config: str | None = None,
         timeout_s: float | None = None,
+        duplicate_key: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         if keep_rounds < 1:
             raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
@@ -167,6 +169,7 @@ class PGraftLoop:
         self.num_conditions, self.sample_shape, self.cfg = num_conditions, sample_shape, cfg
         self.null_label, self.keep_rounds, self.on_round, self.name = null_label, keep_rounds, on_round, name
         self.checkpointer, self.checkpoint_every = checkpointer, checkpoint_every
+        self.duplicate_key = duplicate_key  # the dedup rule's key per decoded sample (a task's)
         self.run_config = run_config if run_config is not None else to_yaml(cfg)
         s = cfg.sampler
         self.schedule = Schedule.from_scheduler_config(base.scheduler_config, s.steps, s.kind, s.eta)
@@ -335,8 +338,12 @@ class PGraftLoop:
         )
         images, mine = scorer.results(self.sample_shape)
         rewards = all_gather_rows(mine).cpu()  # the whole [G·M] table
-        samples = all_gather_rows(images) if self.learner.needs_samples else None
-        acc = self.learner.accept(rewards, g, k, samples)
+        samples = keys = None
+        if self.learner.needs_samples and self.duplicate_key is not None:
+            keys = all_gather_rows(self.duplicate_key(images))  # each rank keys its own samples
+        elif self.learner.needs_samples:
+            samples = all_gather_rows(images)
+        acc = self.learner.accept(rewards, g, k, samples, keys)
         if acc.invalid:
             log.warning("%s round %d: %d non-finite rewards excluded", self.name, k, acc.invalid)
         self.buffer.compact(self.buffer.meta()["round"] > k - self.keep_rounds)  # keep the last keep_rounds - 1

@@ -9,13 +9,18 @@ Law of an accepted sample, marginalised over the rest of its group (F = CDF of r
   best_of_n  F(r)^(M-1)
   threshold  1{r >= tau}
   classic    exp((r - r_max)/alpha)  ∝ exp(r/alpha)
-  dedup      top-K after collapsing near-duplicates (ours: greedy in reward order, a sample is a
-             duplicate of an accepted one when their RMS pixel distance is below dedup_eps)
+  dedup      top-K after collapsing duplicates: greedy in reward order, a sample is skipped when it
+             duplicates one already kept. With a per-sample duplicate key from the task (molecules:
+             the canonical SMILES) duplicates are equal keys, so each distinct key keeps its first
+             (best) sample; without keys (images, ours) a duplicate is an RMS pixel distance below
+             dedup_eps. The accepted law gains a diversity term (tests/test_select.py computes it
+             exactly on a discrete toy law).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -62,23 +67,37 @@ def _classic_mask(rewards, valid, cfg: SelectConfig, generator) -> torch.Tensor:
     return valid & (u < torch.nan_to_num(prob, nan=0.0))
 
 
-def _dedup_mask(rewards, valid, k: int, eps: float, samples: torch.Tensor) -> torch.Tensor:
+def _dedup_mask(rewards, valid, k: int, duplicates: Callable[[int], Callable[[int, list[int]], bool]]):
+    """Per group, walk the valid samples best first and keep up to k that are not duplicates of
+    one already kept; ``duplicates(group)`` gives that group's test ``(j, kept) -> bool``."""
     g, m = rewards.shape
-    flat = samples.reshape(g, m, -1).float()
-    dim = flat.shape[-1]
     order = group_topk(rewards, m, valid)[0]
     mask = torch.zeros_like(valid)
     for gi in range(g):
-        dist = torch.cdist(flat[gi], flat[gi]) / dim**0.5  # RMS pixel distance
+        is_duplicate = duplicates(gi)
         kept: list[int] = []
         for j in order[gi].tolist():
             if len(kept) == k or j < 0:
                 break
-            if kept and bool((dist[j, kept] < eps).any()):
-                continue
-            kept.append(j)
+            if not is_duplicate(j, kept):
+                kept.append(j)
         mask[gi, kept] = True
     return mask
+
+
+def _equal_keys(keys: torch.Tensor, g: int, m: int):
+    table = keys.view(g, m).tolist()
+    return lambda gi: lambda j, kept: table[gi][j] in {table[gi][i] for i in kept}
+
+
+def _close_samples(samples: torch.Tensor, g: int, m: int, eps: float):
+    flat = samples.reshape(g, m, -1).float()
+
+    def group(gi: int):
+        dist = torch.cdist(flat[gi], flat[gi]) / flat.shape[-1] ** 0.5  # RMS pixel distance
+        return lambda j, kept: bool(kept) and bool((dist[j, kept] < eps).any())
+
+    return group
 
 
 def select(
@@ -87,11 +106,13 @@ def select(
     *,
     generator: torch.Generator | None = None,
     samples: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> Selection:
     """Apply ``cfg.rule`` to each row of ``rewards`` [G, M].
 
-    ``samples`` ([G*M, ...]) is needed by the dedup rule; ``generator`` by the classic rule.
+    The dedup rule needs ``keys`` (int64 [G*M], a duplicate key per sample) or, without keys,
+    ``samples`` ([G*M, ...], compared by RMS distance); ``generator`` is for the classic rule.
     Ranking runs through pgraft.kernels.select (Triton on CUDA tensors).
     """
     if rewards.ndim != 2:
@@ -113,9 +134,15 @@ def select(
                 raise ValueError("the classic rule draws random numbers: pass a generator")
             mask = _classic_mask(rewards, valid, cfg, generator)
         elif cfg.rule == "dedup":
-            if samples is None or samples.shape[0] != g * m:
-                raise ShapeError(f"the dedup rule needs samples with {g * m} rows")
-            mask = _dedup_mask(rewards, valid, cfg.k, cfg.dedup_eps, samples)
+            if keys is not None:
+                if keys.shape != (g * m,) or keys.is_floating_point():
+                    raise ShapeError(f"dedup keys must be integers of shape ({g * m},), got {tuple(keys.shape)}")
+                duplicates = _equal_keys(keys, g, m)
+            elif samples is not None and samples.shape[0] == g * m:
+                duplicates = _close_samples(samples, g, m, cfg.dedup_eps)
+            else:
+                raise ShapeError(f"the dedup rule needs duplicate keys or samples with {g * m} rows")
+            mask = _dedup_mask(rewards, valid, cfg.k, duplicates)
         else:  # unreachable: the config's Literal type admits only the rules above
             raise ValueError(f"unknown rule {cfg.rule!r}")
         order, counts = group_topk(rewards, m, mask, backend=backend)  # accepted, best first

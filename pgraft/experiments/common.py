@@ -55,6 +55,7 @@ def evaluate_on_task(
         conditions=task.eval_conditions,
         progress=True,
         desc=f"evaluate {name}",
+        metrics=task.sample_metrics,
     )
 
 
@@ -75,6 +76,7 @@ def task_loop(task: Task, method: PGraftConfig, **options) -> PGraftLoop:
         task.sample_shape,
         method,
         null_label=task.base.null_label,
+        duplicate_key=task.duplicate_key,
         **options,
     )
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..config import CompareConfig, EvalConfig, PGraftConfig, deep_merge
 from ..engine.compose import Single
 from ..engine.evaluate import Evaluation
-from ..report import plot_compare, save_grid, table
+from ..report import plot_compare, table
 from ..tasks import Task
 from .common import evaluate_on_task, load_seed_runs, start_experiment, task_loop
 from .run_dir import RunDir
@@ -139,13 +139,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
             "wall_s": 0.0,
         }
     }
-    save_grid(
-        base_ev.images,
-        base_ev.labels,
-        run.path / "grid_base.png",
-        class_names=task.class_names,
-        title=f"base ({label})",
-    )
+    task.save_samples(base_ev.images, base_ev.labels, run.path / "grid_base.png", f"base ({label})")
     per_run: dict[str, list[dict]] = {}
     jobs = [(seed, name) for seed in cfg.seeds for name in cfg.methods]
     bar = tqdm(total=sum(len(cfg.method_configs(n, s)) for s, n in jobs), desc="compare (method, seed)")
@@ -158,7 +152,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
                 if seed == cfg.seeds[0]:
                     title = f"{run_name} after {record['final']['samples']} samples ({label})"
                     grid = run.path / f"grid_{run_name}.png"
-                    save_grid(ev.images, ev.labels, grid, class_names=task.class_names, title=title)
+                    task.save_samples(ev.images, ev.labels, grid, title)
                 bar.update()
         info = {"base_variant": cfg.task.base, "judge_accuracy": task.judge_accuracy}
         results = _write(cfg, run, base, start, per_run, cfg.seeds[:done], info, exp.started)

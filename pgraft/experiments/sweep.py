@@ -97,10 +97,12 @@ def pooled_reward(per_seed: list[dict]) -> dict:
 def _pooled_row(per_seed: list[dict]) -> dict:
     """One N_I's row over its seeds: :func:`pooled_reward`, and seed means."""
     avg = lambda key: float(sum(p[key] for p in per_seed) / len(per_seed))  # noqa: E731
+    task_metrics = per_seed[0].get("metrics", {})  # the task's own (molecules: validity, uniqueness, ...)
     return {
         **pooled_reward(per_seed),
         "accuracy": avg("accuracy"),
         "diversity": avg("diversity"),
+        **{k: float(sum(p["metrics"][k] for p in per_seed) / len(per_seed)) for k in task_metrics},
         **_diag_row(per_seed),
         "samples_drawn": per_seed[0]["samples_drawn"],
         "wall_s": sum(p["wall_s"] for p in per_seed),
@@ -116,6 +118,12 @@ def _diag_row(per_seed: list[dict]) -> dict:
         return {"cond_var": cond, "total_var": None, "share_decided": 1.0}
     total = sum(p["total_var"] for p in per_seed) / len(per_seed)
     return {"cond_var": cond, "total_var": total, "share_decided": 1.0 - cond / total}
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """The table's columns: the task's own metrics (if any) after the reward."""
+    extra = [k for k in rows[0] if k in rows[0]["per_seed"][0].get("metrics", {})]
+    return COLUMNS[:5] + extra + COLUMNS[5:]
 
 
 def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict:
@@ -148,6 +156,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
                     "seed": seed,
                     **{k: summary[k] for k in ("reward_mean", "reward_ci95", "accuracy", "diversity")},
                     "reward_std": float(finite.std(unbiased=True)),
+                    "metrics": {k: summary[k] for k in getattr(task.sample_metrics, "COLUMNS", ()) if k != "diversity"},
                     "eval_samples": int(finite.numel()),
                     "cond_var": diag["cond_var"],
                     "total_var": diag["total_var"],
@@ -165,7 +174,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
         results = _write(cfg, run, rows, diagnostic, cfg.seeds[:done], schedule.steps, exp.started)
     bar.close()
     run.close()
-    print(table(rows, COLUMNS))
+    print(table(rows, columns(rows)))
     best = rows[[r["n_i_frac"] for r in rows].index(results["best_n_i_frac"])]
     print(f"highest reward at N_I/S = {best['n_i_frac']} (N_I = {best['n_i']} of {schedule.steps} steps)")
     print(f"wrote {run.path / 'results.json'}")
@@ -189,7 +198,7 @@ def merge_sweeps(runs: list[str | Path], out: str | Path) -> dict:
     results["merged_from"] = [str(p) for p in runs]
     run.results(results)
     run.close()
-    print(table(rows, COLUMNS))
+    print(table(rows, columns(rows)))
     print(f"wrote {run.path / 'results.json'}")
     return results
 

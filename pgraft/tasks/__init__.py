@@ -1,9 +1,11 @@
-"""Embedded tasks: real data shipped inside a package, a pretrained base model, a judge reward.
+"""Embedded tasks: real data shipped inside a package, a pretrained base model, a reward.
 
 ``digits``: scikit-learn's handwritten digits, a class-conditional UNet2DModel. ``animals``: the
 animal-shape-mnist silhouettes, a UNet2DConditionModel conditioned on all-MiniLM-L6-v2 token
 embeddings of captions. In both the condition is an integer (class label / prompt id) and the
-reward is a judge classifier's probability of the prompted class.
+reward is a judge classifier's probability of the prompted class. ``molecules``
+(pgraft/tasks/molecules.py): QM9 graphs, a graph transformer, RDKit rewards; it needs the
+``molecules`` extra.
 
 ``prepare_task(cfg)`` returns everything the engine needs; pretrained parts come from the cache
 (keyed by a hash of their config) or are trained once and stored there.
@@ -26,9 +28,11 @@ from ..errors import CheckpointError, ConfigError
 from ..io import save_state
 from ..models.schedule import Schedule
 from ..models.unet import ClassConditionalUNet
+from ..report import save_grid
+from ..rewards.base import RewardFn
 from ..rewards.judge import JudgeReward
 from ..seeding import derive_seed
-from . import animals, cache, digits
+from . import animals, cache, digits, molecules
 from .digits import ImageData, decode
 from .judge import JudgeNet, accuracy, train_judge
 
@@ -77,9 +81,9 @@ SPECS = {
 @dataclass
 class Task:
     name: str
-    data: ImageData | None  # None for models brought by the user (Stable Diffusion)
+    data: ImageData | None  # (or the molecules' data) None for models brought by the user (Stable Diffusion)
     base: nn.Module  # frozen, eval mode: a denoiser (models/unet.py's contract)
-    reward: JudgeReward
+    reward: RewardFn
     judge_accuracy: float  # held-out accuracy of the judge on the real test images
     real_reward_mean: float  # mean reward of the real test images (the ceiling to compare with)
     num_classes: int
@@ -89,6 +93,19 @@ class Task:
     paths: dict[str, str]
     pretrain_s: float
     eval_conditions: torch.Tensor | None = None  # held-out condition ids; None: the training conditions
+    # the dedup rule's key per decoded sample (int64 [B]); None: the rule compares pixels
+    duplicate_key: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # the task's own metrics (molecules.MoleculeMetrics): called on (decoded, labels) -> dict, a
+    # "diversity" entry replacing the pixel one; ``COLUMNS`` to show; ``real_samples(n)``: real
+    # held-out (decoded, labels), the reference row
+    sample_metrics: Callable[[torch.Tensor, torch.Tensor], dict] | None = None
+    render: Callable[..., Path] | None = None  # (decoded, labels, path, title): a picture of samples
+
+    def save_samples(self, decoded: torch.Tensor, labels: torch.Tensor, path: Path, title: str) -> Path:
+        """A labelled picture of decoded samples: the task's own renderer, else an image grid."""
+        if self.render is not None:
+            return self.render(decoded, labels, path, title)
+        return save_grid(decoded, labels, path, class_names=self.class_names, title=title)
 
     def schedule(self, steps: int, kind: str = "ddim", eta: float = 1.0) -> Schedule:
         return Schedule.from_scheduler_config(self.base.scheduler_config, steps, kind, eta)
@@ -118,41 +135,44 @@ def corrupt_labels(labels: torch.Tensor, num_classes: int, rho: float, seed: int
     return out
 
 
-def pretrain_base(cfg: TaskConfig, data: ImageData, progress: bool = True) -> nn.Module:
-    """DDPM pretraining on the real training images, through the same DeepSpeed trainer as GRAFT.
-
-    Collective under several ranks: data-parallel with the same global batch (so the same rows
-    and noise draws as one process; the weights agree within float tolerance).
+def pretrain(model: nn.Module, x: torch.Tensor, cond: torch.Tensor, u, field: str, progress: bool) -> nn.Module:
+    """DDPM pretraining of ``model`` on data ``x`` with conditions ``cond``, through the same
+    DeepSpeed trainer as GRAFT; ``u`` is the model config's pretraining budget (``field`` names it
+    in errors). Collective under several ranks: data-parallel with the same global batch (so the
+    same rows and noise draws as one process; the weights agree within float tolerance).
     """
-    u = cfg.unet
     w = world_size()
     if u.pretrain_batch % w:
-        raise ConfigError(f"task.unet.pretrain_batch={u.pretrain_batch} must be divisible by the {w} ranks")
-    torch.manual_seed(u.seed)
-    spec = SPECS[cfg.name]
-    model = spec.build_base(cfg)
+        raise ConfigError(f"{field}.pretrain_batch={u.pretrain_batch} must be divisible by the {w} ranks")
     schedule = Schedule.from_scheduler_config(model.scheduler_config, 1)
     train_cfg = TrainConfig(
         mode="full",
         lr=u.pretrain_lr,
         batch_size=u.pretrain_batch // w,
-        cond_dropout=u.cond_dropout,
+        cond_dropout=getattr(u, "cond_dropout", 0.0),
         weighting="none",
         decay_steps=u.pretrain_steps if u.pretrain_lr_schedule == "linear_decay" else 0,
     )
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, train_cfg, null_label=model.null_label, seed=u.seed)
-    labels = corrupt_labels(data.train_y, spec.num_classes, u.caption_noise, derive_seed(u.seed, "caption-noise"))
-    trainer.train(
-        TrainingData(data.train_x, spec.pretraining_conditions(cfg, labels), level=-1),
-        u.pretrain_steps,
-        progress=progress,
-        desc="pretrain base",
-    )
+    trainer.train(TrainingData(x, cond, level=-1), u.pretrain_steps, progress=progress, desc="pretrain base")
     return model.eval().requires_grad_(False)
+
+
+def pretrain_base(cfg: TaskConfig, data: ImageData, progress: bool = True) -> nn.Module:
+    """An image task's base: DDPM pretraining on the real training images (captions corrupted
+    at the variant's rate)."""
+    u = cfg.unet
+    torch.manual_seed(u.seed)
+    spec = SPECS[cfg.name]
+    model = spec.build_base(cfg)
+    labels = corrupt_labels(data.train_y, spec.num_classes, u.caption_noise, derive_seed(u.seed, "caption-noise"))
+    return pretrain(model, data.train_x, spec.pretraining_conditions(cfg, labels), u, "task.unet", progress)
 
 
 def model_payloads(cfg: TaskConfig) -> dict[str, dict]:
     """The config payload that keys each pretrained model of the task ("judge", "base")."""
+    if cfg.name == "molecules":
+        return {"base": molecules.base_payload(cfg)}
     key = _data_key(cfg)
     return {
         "judge": {**key, **cfg.judge.model_dump()},
@@ -195,13 +215,15 @@ def _pretrained(
 
 
 def ship_models(cfg: TaskConfig, task: Task) -> list[Path]:
-    """Copy the task's base and judge into the package, under the config hash they were trained
-    from (`pgraft pretrain --ship`): what a fresh install loads instead of training."""
+    """Copy the task's pretrained models (base, judge) into the package, under the config hash
+    they were trained from (`pgraft pretrain --ship`): what a fresh install loads instead of training."""
     payloads = model_payloads(cfg)
-    return [cache.ship_entry(Path(task.paths[kind]), cfg.name, kind, payloads[kind]) for kind in ("base", "judge")]
+    return [cache.ship_entry(Path(task.paths[kind]), cfg.name, kind, payload) for kind, payload in payloads.items()]
 
 
 def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> Task:
+    if cfg.name == "molecules":
+        return _prepare_molecules(cfg, force, progress)
     if cfg.name not in SPECS:  # the config's Literal admits only the embedded tasks
         raise ValueError(f"unknown task {cfg.name!r}")
     spec = SPECS[cfg.name]
@@ -241,4 +263,41 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
         decode=decode,
         paths={"judge": str(judge_path), "base": str(base_path)},
         pretrain_s=time.time() - t0,
+    )
+
+
+def _prepare_molecules(cfg: TaskConfig, force: bool, progress: bool) -> Task:
+    from ..chem import codec
+    from ..rewards.molecules import MoleculeReward
+
+    t0 = time.time()
+    data = molecules.load_molecules_split(cfg)
+    m = cfg.molecules
+
+    def train() -> nn.Module:
+        torch.manual_seed(m.model.seed)
+        model = molecules.build_base(cfg)
+        return pretrain(model, data.train_x, data.train_y, m.model, "task.molecules.model", progress and rank() == 0)
+
+    build = lambda: molecules.build_base(cfg)  # noqa: E731
+    base, base_path = _pretrained(cfg, "base", train, build, force=force, collective=True)
+    reward = MoleculeReward([(t.name, t.weight) for t in m.reward])
+    reference = data.test_x[: m.reference_size]
+    real_reward = float(reward(codec.decode(reference), torch.zeros(reference.shape[0], dtype=torch.int64)).mean())
+    return Task(
+        name="molecules",
+        data=data,
+        base=base,
+        reward=reward,
+        judge_accuracy=float("nan"),
+        real_reward_mean=real_reward,
+        num_classes=molecules.NUM_CLASSES,
+        class_names=molecules.CLASS_NAMES,
+        sample_shape=(codec.SAMPLE_DIM,),
+        decode=codec.decode,
+        paths={"base": str(base_path)},
+        pretrain_s=time.time() - t0,
+        duplicate_key=codec.duplicate_keys,
+        sample_metrics=molecules.MoleculeMetrics(data, m.reference_size),
+        render=molecules.render,
     )
