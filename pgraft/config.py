@@ -112,6 +112,12 @@ class MoleculesConfig(_Strict):
     reference_size: int = Field(5000, ge=100)
 
 
+# Tasks whose base has no variants (the variants are the image tasks' caption noise), and how
+# their diversity is measured.
+TASK_LABELS = {"molecules": "molecules (QM9)"}
+DIVERSITY_LABELS = {"molecules": "diversity (1 − mean Tanimoto)"}
+
+
 class TaskConfig(_Strict):
     name: TaskName = "digits"
     base: BaseVariant = "noisy_captions"
@@ -122,6 +128,15 @@ class TaskConfig(_Strict):
     judge: JudgeConfig = JudgeConfig()
     molecules: MoleculesConfig = MoleculesConfig()  # the molecules task (the image fields do not apply)
     cache_dir: Optional[Path] = None  # default: $PGRAFT_CACHE or ~/.cache/pgraft
+
+    @property
+    def label(self) -> str:
+        """How plots and grids name the task ("digits, noisy_captions base"; "molecules (QM9)")."""
+        return TASK_LABELS.get(self.name, f"{self.name}, {self.base} base")
+
+    @property
+    def diversity_label(self) -> str:
+        return DIVERSITY_LABELS.get(self.name, "diversity (within-class RMS dist.)")
 
     @model_validator(mode="before")
     @classmethod
@@ -331,7 +346,7 @@ DEMO_RUNS: dict[str, list[dict]] = {
     ],
 }
 # N_I of P-GRAFT in the demo per task (the sweeps' best, README)
-DEMO_N_I: dict[str, int] = {"digits": 6, "animals": 6, "molecules": 6}
+DEMO_N_I: dict[str, int] = {"digits": 6, "animals": 6, "molecules": 3}
 
 
 class DemoConfig(_Strict):
@@ -425,6 +440,8 @@ TUNED_BASELINES: dict[str, dict[str, dict]] = {
         "ddpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
         "grpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
     },
+    # DDPO only (the demo's baseline): docs/results/tune_molecules{,_refine}.json
+    "molecules": {"ddpo": {"train": {"lr": 1e-4}, "pg": {"clip_range": 1e-2}}},
 }
 
 

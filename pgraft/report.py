@@ -80,7 +80,11 @@ def plot_reward_per_round(
 
 
 def plot_sweep(
-    rows: list[dict], path: str | Path, title: str | None = None, diagnostic: list[dict] | None = None
+    rows: list[dict],
+    path: str | Path,
+    title: str | None = None,
+    diagnostic: list[dict] | None = None,
+    diversity_label: str = "diversity (within-class RMS dist.)",
 ) -> Path:
     """Reward (95% CI of the pooled seeds, and each seed's mean as a dot), diversity and the
     conditional variance against N_I / S (at the ``diagnostic`` levels when given, else the rows')."""
@@ -96,7 +100,7 @@ def plot_sweep(
         axes[0].legend(fontsize=7)
     axes[0].set_ylabel("held-out mean reward")
     axes[1].plot(x, [r["diversity"] for r in rows], marker="o")
-    axes[1].set_ylabel("diversity (within-class RMS dist.)")
+    axes[1].set_ylabel(diversity_label)
     diag = diagnostic or rows
     x_diag, cond = [d["n_i_frac"] for d in diag], [d["cond_var"] for d in diag]
     axes[2].plot(x_diag, cond, marker="o", label="E Var[r(x_0) | x_{N_I}]")

@@ -168,8 +168,13 @@ def test_duplicate_keys_are_canonical_smiles_whatever_the_atom_order():
 
 
 @pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    """The default molecules task from the shipped base (QM9 encoded once into a test cache)."""
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")  # QM9 is encoded into it once for the module
+
+
+@pytest.fixture(scope="module")
+def task(cache_dir):
+    """The default molecules task from the shipped base."""
     import pgraft
     import pgraft.tasks as tasks
 
@@ -178,7 +183,7 @@ def task(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tasks, "pretrain", refuse)
-        return pgraft.prepare_task(TaskConfig(name="molecules", cache_dir=tmp_path_factory.mktemp("cache")))
+        return pgraft.prepare_task(TaskConfig(name="molecules", cache_dir=cache_dir))
 
 
 def _dedup_run(task, n_i: int, steps: int):
@@ -240,3 +245,32 @@ def test_a_tiny_molecules_run_goes_end_to_end_through_the_public_api(task):
         for key in ("validity", "uniqueness", "novelty", "qed", "diversity"):
             assert 0 <= s[key] <= 1, (key, s[key])
         assert 1 <= s["sa"] <= 10 and 0 <= s["fd"] < float("inf")
+
+
+@pytest.mark.slow
+def test_the_molecules_demo_writes_its_stable_interface(task, cache_dir, tmp_path):
+    """`pgraft demo --task molecules` (shrunk): base, graft, graft_dedup, pgraft_dedup and ddpo,
+    each with the documented keys, the real held-out row, and a molecule grid per model."""
+    import json
+
+    from pgraft.cli import main
+
+    out = tmp_path / "demo"
+    sets = [
+        f"task.cache_dir={cache_dir}", "task.molecules.reference_size=300", "method.samples_per_condition=64",
+        "method.rollout_batch=64", "method.select.k=8", "method.rounds=1", "method.train.steps_per_round=5",
+        "method.train.batch_size=8", "eval.samples_per_class=200",
+    ]  # fmt: skip
+    assert main(["demo", "--task", "molecules", "--out", str(out), *(a for x in sets for a in ("--set", x))]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "molecules"
+    assert list(results["models"]) == ["base", "graft", "graft_dedup", "pgraft_dedup", "ddpo"]
+    keys = {"reward_mean", "reward_ci95", "validity", "uniqueness", "novelty", "qed", "sa", "diversity"}
+    for name, model in results["models"].items():
+        assert keys | {"samples_drawn", "wall_s"} <= set(model), name
+        assert model["samples_drawn"] == (0 if name == "base" else 64)
+        assert (out / f"grid_{name}.png").exists()
+    assert results["models"]["pgraft_dedup"]["n_i"] == 3 and results["models"]["pgraft_dedup"]["rule"] == "dedup"
+    assert results["models"]["graft"]["rule"] == "top_k"
+    real = results["task_info"]["real_held_out"]
+    assert real["validity"] == 1.0 and real["fd"] < 1.0

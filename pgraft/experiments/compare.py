@@ -124,7 +124,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
     exp = start_experiment(cfg, out, force)
     run, task, schedule = exp.run, exp.task, exp.schedule
     curve_eval = cfg.eval.model_copy(update={"samples_per_class": cfg.curve_samples_per_class})
-    label = f"{cfg.task.name}, {cfg.task.base} base"
+    label = cfg.task.label
     base_ev = evaluate_on_task(task, Single(task.base), schedule, cfg.method, cfg.eval, "base")
     base_curve = evaluate_on_task(task, Single(task.base), schedule, cfg.method, curve_eval, "base (curve)")
     start = {"samples": 0, "passes": 0, **pooled_reward([_stats(base_curve)])}
@@ -177,7 +177,7 @@ def _write(
         "task_info": info,
         "total_wall_s": time.time() - started,
     }
-    plot_compare(methods, run.path, title=f"{cfg.task.name}, {cfg.task.base} base: {len(seeds)} seed(s)")
+    plot_compare(methods, run.path, title=f"{cfg.task.label}: {len(seeds)} seed(s)")
     run.results(results)
     return results
 

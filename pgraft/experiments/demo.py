@@ -20,7 +20,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
     exp = start_experiment(cfg, out, force)
     run, task, schedule = exp.run, exp.task, exp.schedule
     models, curves = {}, {}
-    label = f"{cfg.task.name}, {cfg.task.base} base" if task.sample_metrics is None else cfg.task.name
+    label = cfg.task.label
 
     ev = evaluate_on_task(task, Single(task.base), schedule, cfg.method, cfg.eval, "base")
     models["base"] = model_summary(ev, 0, ev.wall_s)

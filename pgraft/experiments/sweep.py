@@ -218,7 +218,9 @@ def _write(
         "config": cfg.model_dump(mode="json"),
         "total_wall_s": time.time() - started,
     }
-    title = f"{cfg.task.name}, {cfg.task.base} base: P-GRAFT across N_I ({len(seeds)} seeds)"
-    plot_sweep(rows, run.path / "sweep.png", title=title, diagnostic=diagnostic)
+    title = f"{cfg.task.label}: P-GRAFT across N_I ({len(seeds)} seeds)"
+    plot_sweep(
+        rows, run.path / "sweep.png", title=title, diagnostic=diagnostic, diversity_label=cfg.task.diversity_label
+    )
     run.results(results)
     return results

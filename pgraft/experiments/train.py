@@ -106,7 +106,11 @@ def _train(cfg: TrainRunConfig, out: Path, resume: Path | None, force: bool, sta
         run.save_model(name, result.model, meta)
         if cfg.stable_diffusion is not None:
             export_stable_diffusion(cfg, result.model, run.path / "models", meta)
-        save_grid(ev.images, ev.labels, run.path / f"grid_{name}.png")
+        grid = run.path / f"grid_{name}.png"
+        if task.render is not None:  # samples that are not images (molecules)
+            task.save_samples(ev.images, ev.labels, grid, f"{name} (N_I={method.n_i}, {task.name})")
+        else:
+            save_grid(ev.images, ev.labels, grid)
         curve = {f"{name} (N_I={method.n_i})": [h.rollout_reward_mean for h in result.history]}
         plot_reward_per_round(curve, None, run.path / "reward_per_round.png")
         run.log("eval", 0, {f"{name}_{k}": v for k, v in ev.summary().items() if isinstance(v, float)})
