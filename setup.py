@@ -53,7 +53,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pgraft", "pgraft.*"]),
     # The default bases and judges (`pgraft pretrain --ship`): a fresh install trains nothing.
-    package_data={"pgraft": ["tasks/pretrained/*/*/weights.safetensors*"]},
+    package_data={"pgraft": ["tasks/pretrained/*/*/weights.safetensors*", "tasks/data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # the molecules task: RDKit and QM9 (the CSVs inside qm9pack are read by path)
