@@ -105,3 +105,24 @@ def test_the_documented_corpus_statistics_are_the_shipped_files():
     manifest = json.loads(CORPUS.with_suffix(".manifest.json").read_text())
     assert len(manifest["pages"]) == documented["stats"]["pages"]
     assert all(v != "not installed" for v in manifest["packages"].values())
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="the corpus file is built by tools/build_layout_corpus.py")
+def test_encode_then_decode_returns_every_corpus_layout_in_canonical_order():
+    from pgraft.tasks.layouts import SAMPLE_DIM, canonical_order, decode, encode, type_multisets
+
+    corpus = load_layouts()
+    x = encode(corpus.boxes, corpus.types)
+    assert x.shape == (len(corpus), SAMPLE_DIM) and float(x.abs().max()) <= 1
+    order = canonical_order(corpus.types)
+    expected = corpus.boxes.gather(1, order[..., None].expand(-1, -1, 5))
+    assert torch.equal(decode(x), expected)  # exact: float16 values survive 2v − 1 and back
+    # the conditions: each layout's sorted types are its multiset's row of the table
+    table, ids = type_multisets(corpus.types)
+    assert torch.equal(table[ids], corpus.types.gather(1, order))
+    assert 1 < table.shape[0] < len(corpus)
+    # the types come first in canonical order: present slots lead, sorted by type
+    sorted_types = table[ids]
+    assert bool((sorted_types[:, 1:] >= sorted_types[:, :-1]).logical_or(sorted_types[:, 1:] < 0).all())
+    with pytest.raises(ShapeError, match="layout samples must be"):
+        decode(torch.zeros(2, 7))

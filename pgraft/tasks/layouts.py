@@ -4,8 +4,14 @@ The corpus ships inside the package as ``pgraft/tasks/data/layouts_texdocs.npz``
 [P, 25, 5]: type, cx, cy, w, h per element in reading order, zero-padded; int16 element counts
 [P]; the type names) beside a manifest of its source documents and their Debian package versions.
 :func:`load_layouts` validates it and returns the layouts in the decoded form the layout rewards
-take (present, cx, cy, w, h) with the element types. It is data only: the layouts task's model,
-demo and metrics are not built yet (issue 15).
+take (present, cx, cy, w, h) with the element types.
+
+The codec for the diffusion model (the model, demo and metrics are not built yet, issue 15): a
+layout is generated *given its element types* (LayoutDM's type → position and size task), so the
+condition is the multiset of types. :func:`type_multisets` numbers the distinct multisets;
+:func:`encode` orders each layout's elements canonically (by type, then reading order) and maps
+(present, cx, cy, w, h) to {−1, +1} × [−1, 1]⁴ per slot: a flat vector of 125 numbers.
+:func:`decode` inverts it: present where the first number is positive, boxes clamped to the page.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ShapeError
 
 CORPUS = Path(__file__).with_name("data") / "layouts_texdocs.npz"
 TYPES = ("text", "title", "list", "table", "figure")
@@ -70,6 +76,41 @@ def load_layouts(path: str | Path = CORPUS) -> Layouts:
     types = torch.where(present, b[..., 0].round().long(), torch.full_like(n[:, None].expand_as(present), -1))
     decoded = torch.cat([present.float()[..., None], b[..., 1:]], dim=-1)
     return Layouts(decoded, types, n)
+
+
+SAMPLE_DIM = MAX_ELEMENTS * 5
+
+
+def canonical_order(types: torch.Tensor) -> torch.Tensor:
+    """Per layout, the slot permutation that sorts elements by type, then reading order, absent last."""
+    key = torch.where(types >= 0, types, torch.full_like(types, len(TYPES))) * MAX_ELEMENTS
+    key = key + torch.arange(MAX_ELEMENTS)
+    return key.argsort(dim=-1)
+
+
+def type_multisets(types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table [C, MAX_ELEMENTS] of the distinct sorted type multisets, −1 padded; the id of each
+    layout's multiset [P]): the layouts task's conditions."""
+    order = canonical_order(types)
+    table, ids = torch.unique(types.gather(1, order), dim=0, return_inverse=True)
+    return table, ids
+
+
+def encode(boxes: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    """Decoded layouts [P, MAX_ELEMENTS, 5] and their types → model space [P, SAMPLE_DIM], elements
+    in canonical order."""
+    order = canonical_order(types)
+    ordered = boxes.gather(1, order[..., None].expand(-1, -1, 5))
+    return (ordered * 2 - 1).flatten(1)
+
+
+def decode(x: torch.Tensor) -> torch.Tensor:
+    """Model space [B, SAMPLE_DIM] → decoded layouts [B, MAX_ELEMENTS, 5] (the rewards' input)."""
+    if x.ndim != 2 or x.shape[1] != SAMPLE_DIM:
+        raise ShapeError(f"layout samples must be [B, {SAMPLE_DIM}], got {tuple(x.shape)}")
+    v = x.float().view(-1, MAX_ELEMENTS, 5)
+    present = (v[..., :1] > 0).float()
+    return torch.cat([present, ((v[..., 1:] + 1) / 2).clamp(0, 1) * present], dim=-1)
 
 
 def corpus_stats(corpus: Layouts) -> dict:
