@@ -126,3 +126,27 @@ def test_encode_then_decode_returns_every_corpus_layout_in_canonical_order():
     assert bool((sorted_types[:, 1:] >= sorted_types[:, :-1]).logical_or(sorted_types[:, 1:] < 0).all())
     with pytest.raises(ShapeError, match="layout samples must be"):
         decode(torch.zeros(2, 7))
+
+
+def test_layout_denoiser_treats_slots_of_one_type_as_exchangeable():
+    from pgraft.config import GraphModelConfig
+    from pgraft.models.layout_transformer import LayoutDenoiser
+    from pgraft.models.unet import scheduler_config_for
+
+    torch.manual_seed(0)
+    cfg = GraphModelConfig(dim=32, heads=2, layers=2)
+    table = torch.tensor([[0, 0, 0, 1, -1], [2, 2, 4, -1, -1]])
+    net = LayoutDenoiser(cfg, table, len(TYPES), scheduler_config_for(cfg)).eval()
+    x, t, c = torch.randn(2, 25), torch.tensor([100, 800]), torch.tensor([0, 1])
+    perm = torch.tensor([2, 0, 1, 3, 4])  # shuffles the three text slots of condition 0
+
+    def permute(v):
+        return v.view(-1, 5, 5)[:, perm].flatten(1)
+
+    with torch.no_grad():
+        out = net(x, t, c)
+        assert out.shape == x.shape
+        torch.testing.assert_close(net(permute(x[:1]), t[:1], c[:1]), permute(out[:1]), atol=1e-5, rtol=1e-4)
+        # the condition matters, and the null label (CFG) is accepted
+        assert not torch.allclose(net(x, t, torch.tensor([1, 0])), out, atol=1e-4)
+        assert net(x, t, torch.full((2,), net.null_label)).shape == x.shape
