@@ -315,12 +315,13 @@ def _task_name(data: dict) -> str:
 
 
 def _with_task_defaults(data: Any, sections: tuple[str, ...] = ("method", "eval")) -> Any:
-    """``data`` with the task's TASK_DEFAULTS merged under the given sections (the config wins)."""
+    """``data`` with the task's TASK_DEFAULTS merged under the given sections (the config wins; a
+    section given as a config object is taken whole)."""
     if not isinstance(data, dict):
         return data
     defaults = TASK_DEFAULTS.get(_task_name(data), {})
-    merged = {k: deep_merge(defaults[k], data.get(k, {})) for k in sections if k in defaults}
-    return {**data, **{k: v for k, v in merged.items() if isinstance(data.get(k, {}), dict)}}
+    mergeable = [k for k in sections if k in defaults and isinstance(data.get(k, {}), dict)]
+    return {**data, **{k: deep_merge(defaults[k], data.get(k, {})) for k in mergeable}}
 
 
 class DemoRun(_Strict):

@@ -33,3 +33,19 @@ def test_inc_config_spells_out_the_defaults():
     assert C.load(C.IncConfig, CONFIGS / "digits_inc.yaml") == C.IncConfig()
     with pytest.raises(C.ConfigError, match="pairs"):
         C.build(C.IncConfig, {"pairs": [[16, 0]]})
+
+
+def test_task_defaults_sit_under_the_config_and_config_objects_win_whole():
+    from pgraft.config import DemoConfig, PGraftConfig, SweepConfig, TaskConfig, build
+
+    # molecules' defaults fill what a mapping leaves unset, and what it sets wins
+    c = build(DemoConfig, {}, ["task.name=molecules", "method.rounds=2", "method.select.k=64"])
+    assert (c.method.samples_per_condition, c.method.rounds, c.method.select.k) == (1024, 2, 64)
+    assert c.method.select.rule == "dedup" and c.eval.samples_per_class == 2000 and c.pgraft_n_i == 3
+    assert build(SweepConfig, {}, ["task.name=molecules"]).method.samples_per_condition == 1024
+    # a config object (the Python API) is taken as it is
+    mine = PGraftConfig(samples_per_condition=64, select={"k": 8})
+    c = DemoConfig(task=TaskConfig(name="molecules"), method=mine)
+    assert c.method == mine and c.eval.samples_per_class == 2000
+    # the image tasks have no task defaults
+    assert build(DemoConfig, {}, []).method == PGraftConfig()

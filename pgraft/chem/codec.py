@@ -29,6 +29,8 @@ ATOM_CLASSES = len(ATOM_SYMBOLS) + 1
 BOND_CLASSES = 4  # none, single, double, triple
 PAIRS_I, PAIRS_J = torch.triu_indices(MAX_ATOMS, MAX_ATOMS, offset=1)
 PAIRS = PAIRS_I.numel()
+_PAIR_LIST = list(zip(PAIRS_I.tolist(), PAIRS_J.tolist()))  # (i, j) of pair p, for the per-molecule loops
+_PAIR_INDEX = {pair: p for p, pair in enumerate(_PAIR_LIST)}
 ATOM_DIM = MAX_ATOMS * ATOM_CLASSES
 SAMPLE_DIM = ATOM_DIM + PAIRS * BOND_CLASSES  # the model-space vector
 CODE_DIM = MAX_ATOMS + PAIRS  # the decoded codes
@@ -68,12 +70,11 @@ def encode_codes(mol) -> torch.Tensor:
         codes[atom.GetIdx()] = ATOM_SYMBOLS.index(atom.GetSymbol()) + 1
     Chem.Kekulize(mol, clearAromaticFlags=True)
     bond_types = _bond_types()
-    pair_index = {(int(i), int(j)): p for p, (i, j) in enumerate(zip(PAIRS_I, PAIRS_J))}
     for bond in mol.GetBonds():
         i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
         if bond.GetBondType() not in bond_types:
             raise EncodeError("bond", f"bond type {bond.GetBondType()} after kekulisation")
-        codes[MAX_ATOMS + pair_index[(i, j)]] = bond_types.index(bond.GetBondType())
+        codes[MAX_ATOMS + _PAIR_INDEX[(i, j)]] = bond_types.index(bond.GetBondType())
     return codes
 
 
@@ -126,8 +127,7 @@ def to_molecule(row: torch.Tensor):
     if not index:
         return None
     bond_types = _bond_types()
-    for p, cls in enumerate(row[MAX_ATOMS:]):
-        i, j = int(PAIRS_I[p]), int(PAIRS_J[p])
+    for (i, j), cls in zip(_PAIR_LIST, row[MAX_ATOMS:]):
         if cls and i in index and j in index:
             mol.AddBond(index[i], index[j], bond_types[cls])
     try:

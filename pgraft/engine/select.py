@@ -20,7 +20,6 @@ Law of an accepted sample, marginalised over the rest of its group (F = CDF of r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -67,37 +66,42 @@ def _classic_mask(rewards, valid, cfg: SelectConfig, generator) -> torch.Tensor:
     return valid & (u < torch.nan_to_num(prob, nan=0.0))
 
 
-def _dedup_mask(rewards, valid, k: int, duplicates: Callable[[int], Callable[[int, list[int]], bool]]):
-    """Per group, walk the valid samples best first and keep up to k that are not duplicates of
-    one already kept; ``duplicates(group)`` gives that group's test ``(j, kept) -> bool``."""
+def _near_duplicates_mask(rewards, valid, k: int, eps: float, samples: torch.Tensor) -> torch.Tensor:
+    """Per group, walk the valid samples best first and keep up to k, skipping one within RMS
+    distance ``eps`` of a sample already kept (greedy: closeness is not transitive)."""
     g, m = rewards.shape
+    flat = samples.reshape(g, m, -1).float()
+    dim = flat.shape[-1]
     order = group_topk(rewards, m, valid)[0]
     mask = torch.zeros_like(valid)
     for gi in range(g):
-        is_duplicate = duplicates(gi)
+        dist = torch.cdist(flat[gi], flat[gi]) / dim**0.5  # RMS pixel distance
         kept: list[int] = []
         for j in order[gi].tolist():
             if len(kept) == k or j < 0:
                 break
-            if not is_duplicate(j, kept):
-                kept.append(j)
+            if kept and bool((dist[j, kept] < eps).any()):
+                continue
+            kept.append(j)
         mask[gi, kept] = True
     return mask
 
 
-def _equal_keys(keys: torch.Tensor, g: int, m: int):
+def _first_of_each_key(rewards, valid, keys: torch.Tensor) -> torch.Tensor:
+    """Exact duplicates collapsed: per group, the best valid sample of each distinct key."""
+    g, m = rewards.shape
+    order = group_topk(rewards, m, valid)[0].tolist()
     table = keys.view(g, m).tolist()
-    return lambda gi: lambda j, kept: table[gi][j] in {table[gi][i] for i in kept}
-
-
-def _close_samples(samples: torch.Tensor, g: int, m: int, eps: float):
-    flat = samples.reshape(g, m, -1).float()
-
-    def group(gi: int):
-        dist = torch.cdist(flat[gi], flat[gi]) / flat.shape[-1] ** 0.5  # RMS pixel distance
-        return lambda j, kept: bool(kept) and bool((dist[j, kept] < eps).any())
-
-    return group
+    mask = torch.zeros_like(valid)
+    for gi in range(g):
+        seen: set[int] = set()
+        for j in order[gi]:
+            if j < 0:
+                break
+            if table[gi][j] not in seen:
+                seen.add(table[gi][j])
+                mask[gi, j] = True
+    return mask
 
 
 def select(
@@ -137,15 +141,15 @@ def select(
             if keys is not None:
                 if keys.shape != (g * m,) or keys.is_floating_point():
                     raise ShapeError(f"dedup keys must be integers of shape ({g * m},), got {tuple(keys.shape)}")
-                duplicates = _equal_keys(keys, g, m)
+                mask = _first_of_each_key(rewards, valid, keys)  # then the top K of these, below
             elif samples is not None and samples.shape[0] == g * m:
-                duplicates = _close_samples(samples, g, m, cfg.dedup_eps)
+                mask = _near_duplicates_mask(rewards, valid, cfg.k, cfg.dedup_eps, samples)
             else:
                 raise ShapeError(f"the dedup rule needs duplicate keys or samples with {g * m} rows")
-            mask = _dedup_mask(rewards, valid, cfg.k, duplicates)
         else:  # unreachable: the config's Literal type admits only the rules above
             raise ValueError(f"unknown rule {cfg.rule!r}")
-        order, counts = group_topk(rewards, m, mask, backend=backend)  # accepted, best first
+        keep = cfg.k if cfg.rule == "dedup" else m
+        order, counts = group_topk(rewards, keep, mask, backend=backend)  # accepted, best first
     rows, pos = (order >= 0).nonzero(as_tuple=True)
     return Selection(
         indices=rows * m + order[rows, pos],

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from ..config import DemoConfig
 from ..engine.compose import Single
+from ..engine.evaluate import mean_ci95
 from ..report import plot_reward_per_round, table
+from ..rewards.base import score
 from .common import evaluate_on_task, model_summary, run_method, start_experiment
 
 COLUMNS = ["model", "reward_mean", "reward_ci95", "accuracy", "diversity", "samples_drawn", "wall_s"]
@@ -82,9 +84,6 @@ def columns(task) -> list[str]:
 
 def real_reference(task, n: int) -> dict:
     """The task's metrics and reward on ``n`` real held-out samples (outside any metric reference)."""
-    from ..engine.evaluate import mean_ci95
-    from ..rewards.base import score
-
     decoded, labels = task.sample_metrics.real_samples(n)
     mean, ci = mean_ci95(score(task.reward, decoded, labels))
     return {"reward_mean": mean, "reward_ci95": list(ci), **task.sample_metrics(decoded, labels)}

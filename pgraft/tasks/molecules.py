@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import importlib.metadata
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from ..models.graph_transformer import GraphDenoiser
 from ..models.unet import scheduler_config_for
 from ..report import save_figure
 from . import cache
+
+log = logging.getLogger("pgraft")
 
 NUM_CLASSES = 1
 CLASS_NAMES = ["molecule"]
@@ -85,8 +88,8 @@ def _encoded_qm9(cfg: TaskConfig) -> tuple[torch.Tensor, list[str], dict[str, in
         try:
             state, meta = load_state(path)
             return state["codes"], meta["smiles"], meta["skipped"]
-        except (CheckpointError, KeyError):
-            pass  # corrupt or partial: encode again and overwrite
+        except (CheckpointError, KeyError) as exc:  # corrupt or partial: encode again and overwrite
+            log.warning("the cached QM9 encoding is unusable (%s); encoding QM9 again (~30 s)", exc)
     codes, smiles, skipped = encode_qm9(read_qm9_smiles())
     save_state(path, {"codes": codes}, {"smiles": smiles, "skipped": skipped})
     return codes, smiles, skipped
