@@ -5,7 +5,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo molecules sweep bases test
+.PHONY: install demo molecules layouts sweep bases test
 
 # .installed: pgraft alone (the digits and animals demos); .installed-EXTRA: pgraft with an extra
 # (test, which includes the molecules task's RDKit and QM9, or molecules), in one pip call.
@@ -33,6 +33,9 @@ demo: install
 
 molecules: $(VENV)/.installed-molecules
 	$(VENV)/bin/pgraft demo --task molecules --out runs/demo_molecules
+
+layouts: install
+	$(VENV)/bin/pgraft demo --task layouts --out runs/demo_layouts
 
 sweep: install
 	$(VENV)/bin/pgraft sweep --out runs/sweep

@@ -13,7 +13,7 @@ import torch
 from pgraft import config as C
 from pgraft.errors import CheckpointError
 from pgraft.io import load_state
-from pgraft.tasks import SPECS, cache, corrupt_labels, model_payloads, molecules, prepare_task
+from pgraft.tasks import SPECS, cache, corrupt_labels, layouts, model_payloads, molecules, prepare_task
 
 TINY_TASK = {
     "unet": {"block_out_channels": [8, 16], "attention": False, "pretrain_steps": 4, "pretrain_batch": 16},
@@ -51,7 +51,15 @@ def test_base_variant_fills_only_the_unset_pretraining_fields():
         C.build(C.DemoConfig, {}, ["task.unet.caption_noise=1.5"])
 
 
-@pytest.mark.parametrize("task", ["digits", "animals", "molecules"])
+def _base_architecture(cfg: C.TaskConfig):
+    if cfg.name == "molecules":
+        return molecules.build_base(cfg)
+    if cfg.name == "layouts":
+        return layouts.build_base(cfg, layouts.split_layouts(cfg).type_table)
+    return SPECS[cfg.name].build_base(cfg)
+
+
+@pytest.mark.parametrize("task", ["digits", "animals", "molecules", "layouts"])
 def test_shipped_weights_are_what_the_code_would_train(task):
     """The default base and judge ship inside the package under the hash of the config that
     trained them, and their manifests record that very config: changing a default without
@@ -64,7 +72,7 @@ def test_shipped_weights_are_what_the_code_would_train(task):
         assert meta["kind"] == kind
         assert meta["config"] == json.loads(json.dumps(payload, default=str)), f"{task} {kind}: config drifted"
         assert path.stat().st_size < 8 << 20
-    base = molecules.build_base(cfg) if task == "molecules" else SPECS[task].build_base(cfg)
+    base = _base_architecture(cfg)
     base.load_state_dict(load_state(cache.entry_path(cache.SHIPPED_ROOT, task, "base", model_payloads(cfg)["base"]))[0])
 
 

@@ -150,3 +150,228 @@ def test_layout_denoiser_treats_slots_of_one_type_as_exchangeable():
         # the condition matters, and the null label (CFG) is accepted
         assert not torch.allclose(net(x, t, torch.tensor([1, 0])), out, atol=1e-4)
         assert net(x, t, torch.full((2,), net.null_label)).shape == x.shape
+
+
+def test_the_reward_reads_presence_from_the_condition():
+    """Leaving an element out (its present flag off) does not escape the overlap it causes: the
+    task's reward scores every element the condition asks for."""
+    from pgraft.rewards.layouts import with_condition_presence
+
+    table = torch.tensor([[0, 0, -1]])
+    both = layout((0.5, 0.5, 0.2, 0.2), (0.5, 0.5, 0.2, 0.2), pad=1)
+    dropped = both.clone()
+    dropped[0, 1, 0] = 0.0  # the model's flag says "absent" for the second text box
+    plain = LayoutReward([("overlap", 1.0)])
+    conditioned = LayoutReward([("overlap", 1.0)], type_table=table)
+    assert float(plain(dropped, torch.zeros(1))) == 0.0  # the loophole without the condition
+    assert float(conditioned(dropped, torch.zeros(1, dtype=torch.int64))) == pytest.approx(-1.0)
+    assert float(conditioned(both, torch.zeros(1, dtype=torch.int64))) == pytest.approx(-1.0)
+    with pytest.raises(ShapeError, match="do not match"):
+        with_condition_presence(both, torch.zeros(1, 2, dtype=torch.int64))
+
+
+def test_maximum_iou_on_hand_computed_layouts():
+    from pgraft.tasks.layout_metrics import box_iou, maximum_iou
+
+    # two boxes of 0.2 × 0.2, one shifted by half its width: IoU = 0.02 / 0.06 = 1/3
+    assert float(box_iou(torch.tensor([0.5, 0.5, 0.2, 0.2]), torch.tensor([0.6, 0.5, 0.2, 0.2]))) == pytest.approx(
+        1 / 3
+    )
+    table = torch.tensor([[0, 1, -1], [0, 0, -1]])
+    a = layout((0.3, 0.3, 0.2, 0.2), (0.5, 0.8, 0.4, 0.1), pad=1)[0]
+    b = layout((0.7, 0.3, 0.2, 0.2), (0.5, 0.1, 0.4, 0.1), pad=1)[0]
+    real = torch.stack([a, b])
+    cond = torch.zeros(2, dtype=torch.int64)
+    # the generated set is the real set in the other order: the matching finds it, IoU 1
+    assert maximum_iou(real.flip(0), cond, real, cond, table) == pytest.approx(1.0)
+    # one generated layout equal to a with its text box shifted by half its width: (1/3 + 1) / 2
+    shifted = layout((0.4, 0.3, 0.2, 0.2), (0.5, 0.8, 0.4, 0.1), pad=1)
+    assert maximum_iou(shifted, cond[:1], real, cond, table) == pytest.approx((1 / 3 + 1) / 2)
+    # slots of one type are matched in reading order, whatever the generator's slot order
+    two_text = layout((0.5, 0.8, 0.2, 0.1), (0.5, 0.2, 0.2, 0.1), pad=1)
+    ordered = layout((0.5, 0.2, 0.2, 0.1), (0.5, 0.8, 0.2, 0.1), pad=1)
+    one = torch.ones(1, dtype=torch.int64)
+    assert maximum_iou(two_text, one, ordered, one, table) == pytest.approx(1.0)
+    # a multiset with no real layout is left out
+    assert math.isnan(maximum_iou(two_text, one, real, cond, table))
+
+
+def test_layout_diversity_is_zero_for_copies_and_the_rms_distance_for_two():
+    from pgraft.tasks.layout_metrics import layout_diversity
+
+    table = torch.tensor([[0, 1, -1]])
+    a = layout((0.3, 0.3, 0.2, 0.2), (0.5, 0.8, 0.4, 0.1), pad=1)
+    cond = torch.zeros(3, dtype=torch.int64)
+    assert layout_diversity(torch.cat([a, a, a]), cond, table) == 0.0
+    b = a.clone()
+    b[0, 0, 1] += 0.4  # one coordinate of eight moves by 0.4: RMS distance 0.4 / √8
+    assert layout_diversity(torch.cat([a, b]), cond[:2], table) == pytest.approx(0.4 / 8**0.5)
+    # a condition with one layout contributes nothing
+    assert math.isnan(layout_diversity(a, cond[:1], table))
+
+
+def test_fid_features_ignore_slot_order_and_absent_slots():
+    from pgraft.config import LayoutFidConfig
+    from pgraft.models.layout_fid import LayoutFeatureNet, perturb
+
+    torch.manual_seed(0)
+    net = LayoutFeatureNet(LayoutFidConfig(dim=16, heads=2, layers=1), len(TYPES)).eval()
+    x = layout((0.3, 0.3, 0.2, 0.2), (0.5, 0.8, 0.4, 0.1), (0.5, 0.5, 0.3, 0.1), pad=2)
+    types = torch.tensor([[0, 1, 0, -1, -1]])
+    perm = torch.tensor([2, 1, 0, 4, 3])
+    with torch.no_grad():
+        f = net.features(x, types)
+        torch.testing.assert_close(net.features(x[:, perm], types[:, perm]), f, atol=1e-5, rtol=1e-5)
+        junk = x.clone()
+        junk[0, 3:, 1:] = 0.9  # whatever absent slots hold
+        torch.testing.assert_close(net.features(junk, types), f, atol=1e-6, rtol=1e-6)
+    fake = perturb(x.expand(64, -1, -1), types.expand(64, -1), torch.Generator().manual_seed(0))
+    assert bool((fake[:, 3:, 1:] == 0).all()) and bool(((fake[..., 1:] >= 0) & (fake[..., 1:] <= 1)).all())
+    assert not torch.equal(fake[:, :3], x.expand(64, -1, -1)[:, :3])
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason="the corpus file is built by tools/build_layout_corpus.py")
+def test_the_split_is_disjoint_and_its_first_conditions_are_the_most_frequent():
+    from pgraft.config import TaskConfig
+    from pgraft.tasks.layouts import condition_names, decode, split_layouts
+
+    cfg = TaskConfig(name="layouts")
+    data = split_layouts(cfg)
+    held = cfg.layouts.held_out
+    assert data.test_x.shape[0] == data.reference_x.shape[0] == held
+    corpus = load_layouts()
+    rows = torch.cat([data.train_x, data.test_x, data.reference_x])
+    # each distinct page once (a few hundred pages repeat another exactly), so none on both sides
+    assert torch.unique(rows, dim=0).shape[0] == rows.shape[0] > 0.95 * len(corpus)
+    counts = torch.bincount(data.train_y, minlength=data.type_table.shape[0])
+    assert bool((counts[1:] <= counts[:-1]).all())  # ids by training frequency
+    # every page's slots carry its condition's types: present exactly where the table has a type
+    for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
+        assert torch.equal(decode(x)[..., 0] > 0, data.types(y) >= 0)
+    assert condition_names(data.type_table, 1) == ["2 text"]
+    with pytest.raises(ValueError, match="held_out"):
+        split_layouts(TaskConfig(name="layouts", layouts={"held_out": 5000}))
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """The default layouts task from the shipped base and FID network (nothing trains)."""
+    import pgraft
+    import pgraft.models.layout_fid as layout_fid
+    import pgraft.tasks as tasks
+    from pgraft.config import TaskConfig
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the default layouts task must start from the shipped models")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks, "pretrain", refuse)
+        mp.setattr(layout_fid, "train_layout_fid", refuse)
+        return pgraft.prepare_task(TaskConfig(name="layouts", cache_dir=tmp_path_factory.mktemp("cache")))
+
+
+@pytest.mark.slow
+def test_a_tiny_layouts_run_goes_end_to_end_through_the_public_api(task):
+    """GRAFT and P-GRAFT on layouts run through the engine unchanged (rollout, fused step, selection
+    per type multiset, the C++ buffer, DeepSpeed training, composed sampling): each round accepts
+    K of M per condition above the rollout's mean, and the held-out reward of the conditions
+    trained on rises over the base with disjoint CIs, with every metric in range."""
+    from pgraft import EvalConfig, PGraftConfig, Single, evaluate
+    from pgraft.engine.rounds import PGraftLoop
+
+    conditions = 64  # the most frequent type multisets, to keep the test short
+
+    def run(n_i: int):
+        cfg = PGraftConfig.model_validate(
+            {"n_i": n_i, "samples_per_condition": 16, "rollout_batch": 1024, "rounds": 2, "select": {"k": 2},
+             "train": {"lr": 1e-4, "batch_size": 64, "steps_per_round": 100}, "sampler": {"steps": 10}}
+        )  # fmt: skip
+        loop = PGraftLoop(task.base, task.reward, task.decode, conditions, task.sample_shape, cfg,
+                          null_label=task.base.null_label, progress=False)  # fmt: skip
+        result = loop.run()
+        for entry in result.history:
+            assert entry.accepted == 2 * conditions and entry.accepted_reward_mean > entry.rollout_reward_mean
+        return result
+
+    graft, pgraft = run(0), run(3)
+    assert pgraft.policy.n_i == 3
+    held_out = EvalConfig(samples_per_class=1, batch_size=1000)
+    pages = task.eval_conditions[task.eval_conditions < conditions]  # held-out pages of those multisets
+    evals = {
+        name: evaluate(
+            policy,
+            graft.schedule,
+            task.reward,
+            None,
+            conditions,
+            task.sample_shape,
+            task.decode,
+            held_out,
+            conditions=pages,
+            metrics=task.sample_metrics,
+        )  # fmt: skip
+        for name, policy in (("base", Single(task.base)), ("graft", graft.policy), ("pgraft", pgraft.policy))
+    }
+    base = evals["base"]
+    assert evals["graft"].reward_ci95[0] > base.reward_ci95[1], (base.summary(), evals["graft"].summary())
+    for ev in evals.values():
+        s = ev.summary()
+        assert s["eval_samples"] == pages.numel() > 900 and 0 <= s["max_iou"] <= 1 and 0 < s["area"] < 1
+        assert s["fid"] >= 0 and 0 <= s["presence"] <= 1 and s["alignment"] >= 0 and s["overlap"] >= 0
+        assert s["diversity"] > 0
+
+
+@pytest.mark.slow
+def test_the_layouts_demo_writes_its_stable_interface(task, tmp_path):
+    """`pgraft demo --task layouts` (shrunk): base, graft, pgraft and ddpo, each with the
+    documented keys, the real held-out row, and a rendered page grid per model."""
+    import json
+
+    from pgraft.cli import main
+
+    out = tmp_path / "demo"
+    sets = [
+        f"task.cache_dir={tmp_path / 'cache'}", "task.layouts.conditions=8",  # the shipped models: nothing trains
+        "method.samples_per_condition=8", "method.select.k=2", "method.rounds=1", "method.train.steps_per_round=5",
+        "method.train.batch_size=8", "method.sampler.steps=10", "pgraft_n_i=3",
+    ]  # fmt: skip
+    assert main(["demo", "--task", "layouts", "--out", str(out), *(a for x in sets for a in ("--set", x))]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "layouts"
+    assert list(results["models"]) == ["base", "graft", "pgraft", "ddpo"]
+    keys = {
+        "reward_mean",
+        "reward_ci95",
+        "fid",
+        "alignment",
+        "overlap",
+        "max_iou",
+        "diversity",
+        "samples_drawn",
+        "wall_s",
+    }
+    for name, model in results["models"].items():
+        assert keys <= set(model), name
+        assert model["samples_drawn"] == (0 if name == "base" else 64)
+        assert model["eval_samples"] == 2000
+        assert (out / f"grid_{name}.png").exists()
+    real = results["task_info"]["real_held_out"]
+    assert real["presence"] == 1.0 and 0 < real["max_iou"] < 1 and real["fid"] >= 0
+
+
+def test_shrinkage_is_the_log_shortfall_of_covered_area():
+    from pgraft.rewards.layouts import shrinkage
+
+    expected = torch.tensor([[0.04, 0.01, 0.0]])  # per slot; the third is absent
+    full = layout((0.3, 0.3, 0.2, 0.2), (0.7, 0.7, 0.1, 0.1), pad=1)  # areas 0.04 and 0.01: as expected
+    assert float(shrinkage(full, expected)) == pytest.approx(0.0, abs=1e-6)
+    half = layout((0.3, 0.3, 0.2, 0.1), (0.7, 0.7, 0.1, 0.05), pad=1)  # half the area
+    assert float(shrinkage(half, expected)) == pytest.approx(math.log(2), rel=1e-5)
+    larger = layout((0.3, 0.3, 0.4, 0.4), (0.7, 0.7, 0.1, 0.1), pad=1)
+    assert float(shrinkage(larger, expected)) == 0.0
+    # through the reward: the table gives the types, type_area their expected areas
+    table, type_area = torch.tensor([[0, 1, -1]]), torch.tensor([0.04, 0.01, 1.0, 1.0, 1.0])
+    reward = LayoutReward([("shrinkage", 2.0)], table, type_area)
+    assert float(reward(half, torch.zeros(1, dtype=torch.int64))) == pytest.approx(-2 * math.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="need type_table and type_area"):
+        LayoutReward([("shrinkage", 1.0)])

@@ -93,7 +93,8 @@ def evaluate(
     desc: str = "evaluate",
     metrics: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
 ) -> Evaluation:
-    """``conditions``: the condition ids to evaluate (held-out prompts); default 0..num_classes-1.
+    """``conditions``: the condition ids to evaluate (held-out prompts; repeats allowed, per_class
+    lists each distinct one once, in first-seen order); default 0..num_classes-1.
     ``metrics(decoded, labels) -> dict``: the task's own metrics of the samples."""
     t0 = time.time()
     conditions = torch.arange(num_classes) if conditions is None else conditions
@@ -117,7 +118,7 @@ def evaluate(
     images = all_gather_rows(mine)
     finite = torch.isfinite(rewards)
     mean, ci = mean_ci95(rewards[finite])
-    per_class = [float(rewards[(labels == c) & finite].mean()) for c in conditions.tolist()]
+    per_class = [float(rewards[(labels == c) & finite].mean()) for c in dict.fromkeys(conditions.tolist())]
     acc = float((classify(images) == labels).float().mean()) if classify is not None else float("nan")
     extra = metrics(images, labels) if metrics is not None else {}
     div = extra.pop("diversity") if "diversity" in extra else diversity(images, labels)

@@ -1,6 +1,6 @@
 """`pgraft demo`: the base and the fine-tuned models of ``cfg.runs`` at the same sample budget
 (image tasks: GRAFT, N_I = 0, against P-GRAFT at pgraft_n_i; molecules also the dedup rule and
-DDPO), each evaluated on the same held-out seeds, with the task's own metrics when it has them."""
+DDPO; layouts DDPO), each evaluated on the same held-out seeds, with the task's own metrics when it has them."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
         "cached_models": task.paths,
     }
     if task.sample_metrics is not None:  # the task's metrics of real held-out data: the reference row
-        info["real_held_out"] = real_reference(task, cfg.eval.samples_per_class * task.num_classes)
+        conditions = task.num_classes if task.eval_conditions is None else task.eval_conditions.numel()
+        info["real_held_out"] = real_reference(task, cfg.eval.samples_per_class * conditions)
     results = {
         "task": cfg.task.name,
         "models": models,

@@ -83,18 +83,73 @@ def out_of_page(layouts: torch.Tensor) -> torch.Tensor:
     return (share.sum(-1) / mask.sum(-1).clamp_min(1)).float()
 
 
+def shrinkage(layouts: torch.Tensor, expected_area: torch.Tensor) -> torch.Tensor:
+    """How much less of the page a layout covers than real layouts with its elements would [B]:
+    max(0, log(Σ expected area / Σ area)), where ``expected_area`` [B, N] is each requested
+    element's mean area in real pages of its type (0 for absent slots). 0 for a layout at least as
+    large as expected; log 2 for one at half the expected size (ours: the realism term that stops
+    a layout from escaping overlap by shrinking its boxes, docs/layouts.md)."""
+    check_layouts(layouts, "shrinkage")
+    mask = layouts[..., 0] > 0.5
+    area = (layouts[..., 3] * layouts[..., 4]).double() * mask
+    expected = (expected_area.double() * mask).sum(-1)
+    ratio = expected / area.sum(-1).clamp_min(1e-8)
+    return torch.where(expected > 0, ratio.log().clamp_min(0), torch.zeros_like(ratio)).float()
+
+
 TERMS = {"alignment": alignment, "overlap": overlap, "out_of_page": out_of_page}
+NEEDS_TYPES = {"shrinkage"}  # terms that read each element's type from the condition
+
+
+def with_condition_presence(layouts: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    """``layouts`` whose present flags are those the condition asks for (``types`` [B, N], −1:
+    absent): every requested element is scored where the model put its box, whatever its own flag
+    says, so a layout cannot gain by leaving elements out."""
+    check_layouts(layouts)
+    if types.shape != layouts.shape[:2]:
+        raise ShapeError(f"element types {tuple(types.shape)} do not match layouts {tuple(layouts.shape)}")
+    return torch.cat([(types >= 0).to(layouts.dtype)[..., None], layouts[..., 1:]], dim=-1)
 
 
 class LayoutReward:
-    """−Σ weight_i · term_i(layout): every term is a penalty (lower is better)."""
+    """−Σ weight_i · term_i(layout): every term is a penalty (lower is better).
 
-    def __init__(self, terms: list[tuple[str, float]]):
-        unknown = [name for name, _ in terms if name not in TERMS]
-        if not terms or unknown:
-            raise ValueError(f"layout reward terms must be among {sorted(TERMS)}, got {[n for n, _ in terms]}")
+    ``type_table`` [C, N] (a condition id's element types, −1: absent): when given, the present
+    flags come from the condition (:func:`with_condition_presence`), not from the sample.
+    ``type_area`` [T]: each type's mean box area in real pages, which ``shrinkage`` needs (with
+    the table).
+    """
+
+    def __init__(
+        self,
+        terms: list[tuple[str, float]],
+        type_table: torch.Tensor | None = None,
+        type_area: torch.Tensor | None = None,
+    ):
+        names = [n for n, _ in terms]
+        if not terms or any(n not in TERMS and n not in NEEDS_TYPES for n in names):
+            raise ValueError(f"layout reward terms must be among {sorted([*TERMS, *NEEDS_TYPES])}, got {names}")
+        if NEEDS_TYPES & set(names) and (type_table is None or type_area is None):
+            raise ValueError(
+                f"the layout reward terms {sorted(NEEDS_TYPES & set(names))} need type_table and type_area"
+            )
         self.terms = [(name, float(w)) for name, w in terms]
+        self.type_table, self.type_area = type_table, type_area
         self.__name__ = "-(" + " + ".join(f"{w:g}·{name}" for name, w in self.terms) + ")"
 
     def __call__(self, layouts: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        return -sum(w * TERMS[name](layouts) for name, w in self.terms)
+        return -sum(w * value for w, value in zip((w for _, w in self.terms), self.term_values(layouts, conditions)))
+
+    def term_values(self, layouts: torch.Tensor, conditions: torch.Tensor) -> list[torch.Tensor]:
+        """Each term's value per layout [B], in the order of ``terms`` (unweighted penalties)."""
+        types = None
+        if self.type_table is not None:
+            types = self.type_table[conditions.long().cpu()]
+            layouts = with_condition_presence(layouts, types)
+        values = []
+        for name, _ in self.terms:
+            if name == "shrinkage":
+                values.append(shrinkage(layouts, torch.where(types >= 0, self.type_area[types.clamp_min(0)], 0.0)))
+            else:
+                values.append(TERMS[name](layouts))
+        return values

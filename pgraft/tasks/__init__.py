@@ -5,7 +5,8 @@ animal-shape-mnist silhouettes, a UNet2DConditionModel conditioned on all-MiniLM
 embeddings of captions. In both the condition is an integer (class label / prompt id) and the
 reward is a judge classifier's probability of the prompted class. ``molecules``
 (pgraft/tasks/molecules.py): QM9 graphs, a graph transformer, RDKit rewards; it needs the
-``molecules`` extra.
+``molecules`` extra. ``layouts`` (pgraft/tasks/layouts.py): page layouts of TeX manuals generated
+given their element types, a slot transformer, geometric rewards.
 
 ``prepare_task(cfg)`` returns everything the engine needs; pretrained parts come from the cache
 (keyed by a hash of their config) or are trained once and stored there.
@@ -32,7 +33,7 @@ from ..report import save_grid
 from ..rewards.base import RewardFn
 from ..rewards.judge import JudgeReward
 from ..seeding import derive_seed
-from . import animals, cache, digits, molecules
+from . import animals, cache, digits, layouts, molecules
 from .digits import ImageData, decode
 from .judge import JudgeNet, accuracy, train_judge
 
@@ -173,6 +174,8 @@ def model_payloads(cfg: TaskConfig) -> dict[str, dict]:
     """The config payload that keys each pretrained model of the task ("judge", "base")."""
     if cfg.name == "molecules":
         return {"base": molecules.base_payload(cfg)}
+    if cfg.name == "layouts":
+        return layouts.payloads(cfg)
     key = _data_key(cfg)
     return {
         "judge": {**key, **cfg.judge.model_dump()},
@@ -224,6 +227,8 @@ def ship_models(cfg: TaskConfig, task: Task) -> list[Path]:
 def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> Task:
     if cfg.name == "molecules":
         return _prepare_molecules(cfg, force, progress)
+    if cfg.name == "layouts":
+        return _prepare_layouts(cfg, force, progress)
     if cfg.name not in SPECS:  # the config's Literal admits only the embedded tasks
         raise ValueError(f"unknown task {cfg.name!r}")
     spec = SPECS[cfg.name]
@@ -300,4 +305,56 @@ def _prepare_molecules(cfg: TaskConfig, force: bool, progress: bool) -> Task:
         duplicate_key=codec.duplicate_keys,
         sample_metrics=molecules.MoleculeMetrics(data, m.reference_size),
         render=molecules.render,
+    )
+
+
+def _prepare_layouts(cfg: TaskConfig, force: bool, progress: bool) -> Task:
+    from functools import partial
+
+    from ..models.layout_fid import LayoutFeatureNet, train_layout_fid
+    from ..rewards.layouts import LayoutReward
+    from .layout_metrics import LayoutMetrics
+
+    t0 = time.time()
+    lc = cfg.layouts
+    data = layouts.split_layouts(cfg)
+    used = int((torch.bincount(data.train_y, minlength=data.type_table.shape[0]) > 0).sum())  # ids 0..used-1
+    conditions = used if lc.conditions is None else lc.conditions
+    if conditions > data.type_table.shape[0]:
+        raise ConfigError(f"task.layouts.conditions={conditions} exceeds the {data.type_table.shape[0]} type multisets")
+    progress = progress and rank() == 0
+
+    def train_base() -> nn.Module:
+        torch.manual_seed(lc.model.seed)
+        model = layouts.build_base(cfg, data.type_table)
+        return pretrain(model, data.train_x, data.train_y, lc.model, "task.layouts.model", progress)
+
+    def train_fid() -> nn.Module:
+        return train_layout_fid(layouts.decode(data.train_x), data.types(data.train_y), len(layouts.TYPES), lc.fid,
+                                progress)  # fmt: skip
+
+    build = lambda: layouts.build_base(cfg, data.type_table)  # noqa: E731
+    base, base_path = _pretrained(cfg, "base", train_base, build, force=force, collective=True)
+    if not torch.equal(base.type_table, build().type_table):  # the weights carry the conditions' table
+        raise CheckpointError(f"{base_path}: its type-multiset table is not the corpus split's (a stale cache?)")
+    fid_net, fid_path = _pretrained(cfg, "fid", train_fid, lambda: LayoutFeatureNet(lc.fid, len(layouts.TYPES)),
+                                    force=force, collective=False)  # fmt: skip
+    reward = LayoutReward([(t.name, t.weight) for t in lc.reward], data.type_table, layouts.type_areas(data))
+    real_reward = float(reward(layouts.decode(data.test_x), data.test_y).mean())
+    return Task(
+        name="layouts",
+        data=data,
+        base=base,
+        reward=reward,
+        judge_accuracy=float("nan"),
+        real_reward_mean=real_reward,
+        num_classes=conditions,
+        class_names=layouts.condition_names(data.type_table, conditions),
+        sample_shape=(layouts.SAMPLE_DIM,),
+        decode=layouts.decode,
+        paths={"base": str(base_path), "fid": str(fid_path)},
+        pretrain_s=time.time() - t0,
+        eval_conditions=data.test_y,
+        sample_metrics=LayoutMetrics(data, fid_net),
+        render=partial(layouts.render, type_table=data.type_table),
     )

@@ -6,12 +6,13 @@ The corpus ships inside the package as ``pgraft/tasks/data/layouts_texdocs.npz``
 :func:`load_layouts` validates it and returns the layouts in the decoded form the layout rewards
 take (present, cx, cy, w, h) with the element types.
 
-The codec for the diffusion model (the model, demo and metrics are not built yet, issue 15): a
-layout is generated *given its element types* (LayoutDM's type → position and size task), so the
+The codec for the diffusion model: a layout is generated *given its element types* (LayoutDM's
+type → position and size task), so the
 condition is the multiset of types. :func:`type_multisets` numbers the distinct multisets;
 :func:`encode` orders each layout's elements canonically (by type, then reading order) and maps
 (present, cx, cy, w, h) to {−1, +1} × [−1, 1]⁴ per slot: a flat vector of 125 numbers.
-:func:`decode` inverts it: present where the first number is positive, boxes clamped to the page.
+:func:`decode` inverts it: present where the first number is positive, boxes clamped to the page
+(kept for absent slots too: the task's reward reads presence from the condition).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import TaskConfig
 from ..errors import CheckpointError, ShapeError
 
 CORPUS = Path(__file__).with_name("data") / "layouts_texdocs.npz"
@@ -110,7 +112,7 @@ def decode(x: torch.Tensor) -> torch.Tensor:
         raise ShapeError(f"layout samples must be [B, {SAMPLE_DIM}], got {tuple(x.shape)}")
     v = x.float().view(-1, MAX_ELEMENTS, 5)
     present = (v[..., :1] > 0).float()
-    return torch.cat([present, ((v[..., 1:] + 1) / 2).clamp(0, 1) * present], dim=-1)
+    return torch.cat([present, ((v[..., 1:] + 1) / 2).clamp(0, 1)], dim=-1)
 
 
 def corpus_stats(corpus: Layouts) -> dict:
@@ -132,3 +134,126 @@ def corpus_stats(corpus: Layouts) -> dict:
         "pages_with_type": {name: int(((corpus.types == i).any(-1)).sum()) for i, name in enumerate(TYPES)},
         "mean_box_area": round(float(area.mean()), 4),
     }
+
+
+# -- the task: a split of the corpus, its conditions, the base ----------------------------------
+
+COLOURS = {"text": "#4C72B0", "title": "#DD8452", "list": "#55A868", "table": "#C44E52", "figure": "#8172B3"}
+
+
+@dataclass(frozen=True)
+class LayoutData:
+    """The corpus split by page (seeded), each distinct layout once (3.7% of the corpus's pages
+    repeat another exactly: title pages, slides; a repeat must not sit on both sides): training
+    pages, the held-out pages whose type multisets
+    are the evaluation's conditions (``test_*``), and other held-out pages (``reference``) that
+    FID and maximum IoU compare against. Condition ids index ``type_table``, ordered by how often
+    the training pages use each multiset (ties: the multiset's order), so ids 0..k−1 are the k
+    most frequent: the rounds' conditions."""
+
+    train_x: torch.Tensor  # [P, SAMPLE_DIM] model space
+    train_y: torch.Tensor  # [P] condition ids
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    reference_x: torch.Tensor
+    reference_y: torch.Tensor
+    type_table: torch.Tensor  # [C, MAX_ELEMENTS] element types per condition (canonical order), −1 absent
+
+    def types(self, conditions: torch.Tensor) -> torch.Tensor:
+        return self.type_table[conditions.long().cpu()]
+
+
+def first_of_each(x: torch.Tensor) -> torch.Tensor:
+    """Indices of the first occurrence of each distinct row of ``x``, ascending."""
+    _, inverse = torch.unique(x, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), x.shape[0], dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(x.shape[0]), reduce="amin")
+    return first.sort().values
+
+
+def split_layouts(cfg: TaskConfig, corpus: Layouts | None = None) -> LayoutData:
+    corpus = load_layouts() if corpus is None else corpus
+    held = cfg.layouts.held_out
+    table, ids = type_multisets(corpus.types)
+    x = encode(corpus.boxes, corpus.types)
+    distinct = first_of_each(x)
+    if 2 * held >= distinct.numel():
+        raise ValueError(f"task.layouts.held_out={held}: twice it must leave training pages of {distinct.numel()}")
+    order = distinct[torch.randperm(distinct.numel(), generator=torch.Generator().manual_seed(cfg.split_seed))]
+    test, reference, train = order[:held], order[held : 2 * held], order[2 * held :]
+    counts = torch.bincount(ids[train], minlength=table.shape[0])
+    rank_of = torch.empty_like(counts)
+    by_frequency = torch.sort(-counts, stable=True).indices  # most used first; ties keep unique's order
+    rank_of[by_frequency] = torch.arange(table.shape[0])
+    y = rank_of[ids]
+    return LayoutData(x[train], y[train], x[test], y[test], x[reference], y[reference], table[by_frequency])
+
+
+def type_areas(data: LayoutData) -> torch.Tensor:
+    """Each element type's mean box area over the training pages [len(TYPES)] (the shrinkage term's scale)."""
+    boxes, types = decode(data.train_x), data.types(data.train_y)
+    area = boxes[..., 3] * boxes[..., 4]
+    return torch.stack([area[types == i].mean() for i in range(len(TYPES))])
+
+
+def condition_names(table: torch.Tensor, count: int) -> list[str]:
+    """Readable names of the first ``count`` conditions ("3 text + 1 title")."""
+    names = []
+    for row in table[:count]:
+        parts = [f"{int((row == i).sum())} {t}" for i, t in enumerate(TYPES) if (row == i).any()]
+        names.append(" + ".join(parts))
+    return names
+
+
+def build_base(cfg: TaskConfig, type_table: torch.Tensor):
+    from ..models.layout_transformer import LayoutDenoiser
+    from ..models.unet import scheduler_config_for
+
+    m = cfg.layouts.model
+    return LayoutDenoiser(m, type_table, len(TYPES), scheduler_config_for(m))
+
+
+def payloads(cfg: TaskConfig) -> dict[str, dict]:
+    """What keys the task's cached models: the corpus file's checksum, the split, the configs."""
+    import hashlib
+
+    data = {
+        "task": "layouts",
+        "corpus": hashlib.blake2b(CORPUS.read_bytes(), digest_size=8).hexdigest(),
+        "held_out": cfg.layouts.held_out,
+        "split": "distinct-pages",
+        "split_seed": cfg.split_seed,
+    }
+    return {
+        "base": {**data, **cfg.layouts.model.model_dump(mode="json")},
+        "fid": {**data, **cfg.layouts.fid.model_dump(mode="json")},
+    }
+
+
+def render(decoded: torch.Tensor, labels: torch.Tensor, path, title: str, *, type_table: torch.Tensor,
+           per_row: int = 8, rows: int = 3) -> Path:  # fmt: skip
+    """A titled grid of the first samples as pages with coloured boxes, one colour per element type."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    from ..report import save_figure
+
+    n = min(decoded.shape[0], per_row * rows)
+    rows = max(1, -(-n // per_row))
+    fig, axes = plt.subplots(rows, per_row, figsize=(1.3 * per_row, 1.75 * rows + 0.6), squeeze=False)
+    types = type_table[labels[:n].long().cpu()]
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([]), ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.set_xlim(0, 1), ax.set_ylim(1, 0)
+        for (_, cx, cy, w, h), t in zip(decoded[i].tolist(), types[i].tolist()):
+            if t >= 0:
+                colour = COLOURS[TYPES[t]]
+                ax.add_patch(Rectangle((cx - w / 2, cy - h / 2), w, h, facecolor=colour, alpha=0.45, edgecolor=colour))
+    handles = [Patch(facecolor=c, alpha=0.6, label=t) for t, c in COLOURS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(COLOURS), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_figure(fig, path)
