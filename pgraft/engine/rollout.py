@@ -20,6 +20,7 @@ from ..models.schedule import Schedule
 from ..seeding import generator
 from .compose import Policy
 from .distributed import all_gather_rows, shard_range
+from .phases import phase
 
 
 @dataclass
@@ -81,20 +82,22 @@ def run_chain(
         t = schedule.timesteps[step].expand(x.shape[0]).to(x.device)
         if chain is not None:
             chain[:, step].copy_(x)
-        out, uncond = network_outputs(model, x, t, cond, guidance_scale, null_label)
-        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-        stepped = denoise_step(
-            x,
-            out,
-            step,
-            schedule,
-            noise,
-            uncond_output=uncond,
-            guidance_scale=guidance_scale,
-            return_x0=False,
-            return_log_prob=log_probs is not None,
-            inplace=step > steps - start_state,  # never overwrite the caller's starting tensor
-        )
+        with phase("sample.forward"):
+            out, uncond = network_outputs(model, x, t, cond, guidance_scale, null_label)
+        with phase("sample.step"):
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+            stepped = denoise_step(
+                x,
+                out,
+                step,
+                schedule,
+                noise,
+                uncond_output=uncond,
+                guidance_scale=guidance_scale,
+                return_x0=False,
+                return_log_prob=log_probs is not None,
+                inplace=step > steps - start_state,  # never overwrite the caller's starting tensor
+            )
         x = stepped.prev_sample
         if log_probs is not None:
             log_probs.append(stepped.log_prob)

@@ -38,6 +38,7 @@ from ..seeding import generator
 from .checkpoint import Checkpointer, checkpoint_name, restore_rng, rng_state
 from .compose import AdapterOff, Composed
 from .distributed import all_gather_rows, rank, world_size
+from .phases import phase
 from .policy_gradient import PolicyGradient
 from .rollout import Rollout, rollout
 from .select import Acceptance, select
@@ -343,11 +344,13 @@ class PGraftLoop:
             keys = all_gather_rows(self.duplicate_key(images))  # each rank keys its own samples
         elif self.learner.needs_samples:
             samples = all_gather_rows(images)
-        acc = self.learner.accept(rewards, g, k, samples, keys)
+        with phase("select"):
+            acc = self.learner.accept(rewards, g, k, samples, keys)
         if acc.invalid:
             log.warning("%s round %d: %d non-finite rewards excluded", self.name, k, acc.invalid)
-        self.buffer.compact(self.buffer.meta()["round"] > k - self.keep_rounds)  # keep the last keep_rounds - 1
-        self._append_accepted(acc, traj, rewards, k)
+        with phase("buffer"):
+            self.buffer.compact(self.buffer.meta()["round"] > k - self.keep_rounds)  # keep the last keep_rounds - 1
+            self._append_accepted(acc, traj, rewards, k)
         finite = torch.isfinite(rewards)
         accepted = rewards[acc.indices]
         cfg_mult = 1 if cfg.sampler.guidance_scale == 1.0 else 2

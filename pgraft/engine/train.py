@@ -26,6 +26,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, ShapeError
 from ..seeding import derive_seed
 from .distributed import comm_device, ensure_distributed, rank, shard_slice, world_size
+from .phases import phase
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
 
@@ -366,14 +367,17 @@ class DenoisingTrainer:
         for i in bar:
             step_loss = 0.0
             for _ in range(self.cfg.grad_accum):
-                batch, n, lo, hi = stream.next()
+                with phase("buffer"):
+                    batch, n, lo, hi = stream.next()
                 # DeepSpeed averages over ranks; weight by this rank's share so the update is the
                 # global batch's mean even when the slices differ in size.
                 share = (hi - lo) * world_size() / n
-                for loss, fwd, bwd in self.objective.losses(self.engine, batch, n, lo, hi, self.generator):
+                for loss, fwd, bwd in phased(self.objective.losses(self.engine, batch, n, lo, hi, self.generator)):
                     value = float(loss.detach()) * share
-                    self.engine.backward(loss * share if share != 1 else loss)
-                    self.engine.step()
+                    with phase("train.backward"):
+                        self.engine.backward(loss * share if share != 1 else loss)
+                    with phase("train.optimizer"):
+                        self.engine.step()
                     step_loss += value / (self.cfg.grad_accum * self.passes)
                     self.rows_forward, self.rows_backward = self.rows_forward + fwd, self.rows_backward + bwd
             step_loss = _mean_over_ranks(step_loss)
@@ -386,6 +390,16 @@ class DenoisingTrainer:
                 on_step(i + 1, step_loss)
         self.engine.eval()
         return losses
+
+
+def phased(losses: Iterator) -> Iterator:
+    """The objective's losses, each computed (the forward) inside the "train.forward" phase."""
+    while True:
+        with phase("train.forward"):
+            item = next(losses, None)
+        if item is None:
+            return
+        yield item
 
 
 def _mean_over_ranks(value: float) -> float:

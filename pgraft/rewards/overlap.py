@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from ..engine.phases import phase
 from .base import RewardFn, score
 
 
@@ -27,8 +28,9 @@ class OverlappedScorer:
         self._futures: list[Future] = []
 
     def _score(self, x0: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.decode(x0)
-        return images, score(self.reward_fn, images, cond)
+        with phase("reward"):
+            images = self.decode(x0)
+            return images, score(self.reward_fn, images, cond)
 
     def submit(self, x0: torch.Tensor, cond: torch.Tensor) -> None:
         self._futures.append(self._pool.submit(self._score, x0, cond))
