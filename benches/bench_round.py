@@ -19,9 +19,11 @@ optimizer steps at the same batch size. Each round is split into phases (pgraft/
 sampling forward, step arithmetic, reward, selection, buffer, training forward, backward,
 optimizer) by the engine's own phase marks, which the naive loop uses too.
 
-    python benches/bench_round.py [--quick] [--tasks digits animals] [--reps 2]
+    python benches/bench_round.py [--quick] [--tasks digits animals] [--reps 3] [--profile]
 
-Writes benches/results/<device>/round[_quick].{csv,json} and round[_quick].png (stacked phases).
+Writes benches/results/<device>/round[_quick].{csv,json} and round[_quick].png (stacked phases);
+``--profile`` also runs one more round of each implementation under torch.profiler and writes the
+trace summary (the phases and the ops with the most self CPU time) to round_profile_<task>.txt.
 """
 
 from __future__ import annotations
@@ -188,6 +190,24 @@ def measure(task: Task, cfg: PGraftConfig, reps: int) -> list[dict]:
     return rows
 
 
+def profile(task: Task, cfg: PGraftConfig, path) -> None:
+    """One round of each implementation under torch.profiler: phase ranges and top ops, as text."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    parts = []
+    for impl, run in (("pgraft", pgraft_round), ("naive", naive_round)):
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(task, cfg)
+        events = prof.key_averages()
+        phases = [e for e in events if e.key.startswith("pgraft.")]
+        parts.append(f"== {impl}: phases (wall per range, summed over calls) ==")
+        parts += [f"{e.key:28s} calls {e.count:7d}  total {e.cpu_time_total / 1e6:8.3f} s" for e in phases]
+        parts.append(f"== {impl}: top 20 ops by self CPU time ==")
+        parts.append(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=48))
+    path.write_text("\n".join(parts) + "\n")
+
+
 def plot(rows: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
@@ -212,13 +232,14 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["digits", "animals"], choices=["digits", "animals"])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    ap.add_argument("--profile", action="store_true", help="also write a torch.profiler summary per task")
     args = ap.parse_args()
     cfg = work(args.quick, args.guidance)
     reps = 1 if args.quick else args.reps
-    rows = []
+    rows, tasks = [], {}
     for name in args.tasks:
-        task = prepare_task(TaskConfig(name=name), progress=False)
-        rows += measure(task, cfg, reps)
+        tasks[name] = prepare_task(TaskConfig(name=name), progress=False)
+        rows += measure(tasks[name], cfg, reps)
     ratios = []
     for name in args.tasks:
         naive, fast = (next(r for r in rows if r["task"] == name and r["impl"] == i) for i in ("naive", "pgraft"))
@@ -234,6 +255,9 @@ def main() -> None:
     }
     folder = report("round", torch.device("cpu"), rows, columns, meta)
     plot(rows, folder / ("round_quick.png" if args.quick else "round.png"))
+    if args.profile:
+        for name, task in tasks.items():
+            profile(task, cfg, folder / f"round_profile_{name}{'_quick' if args.quick else ''}.txt")
     for name, ratio in ratios:
         print(f"round speedup vs naive ({name}): {ratio:.2f}x")
 
