@@ -74,7 +74,7 @@ def pgraft_round(task: Task, cfg: PGraftConfig) -> dict:
         loop.run()
         wall = time.perf_counter() - t0
     x_ni = loop.buffer.field("x_ni")
-    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": x_ni, "model": loop.trainer.engine.module}
+    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": x_ni}
 
 
 def engine_noise(n: int, shape: tuple[int, ...], seed: tuple, chunk: int, steps: int):

@@ -76,15 +76,10 @@ def test_shipped_weights_are_what_the_code_would_train(task):
     base.load_state_dict(load_state(cache.entry_path(cache.SHIPPED_ROOT, task, "base", model_payloads(cfg)["base"]))[0])
 
 
-def test_an_empty_cache_starts_from_the_shipped_weights_and_trains_nothing(tmp_path, monkeypatch):
-    import pgraft.tasks as tasks
+def test_an_empty_cache_starts_from_the_shipped_weights_and_trains_nothing(tmp_path):
+    from shipped import prepare_shipped
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a default task must not train anything")
-
-    monkeypatch.setattr(tasks, "pretrain_base", refuse)
-    monkeypatch.setattr(tasks, "train_judge", refuse)
-    task = prepare_task(C.TaskConfig(cache_dir=tmp_path), progress=False)
+    task = prepare_shipped(C.TaskConfig(cache_dir=tmp_path), progress=False)
     assert all(str(cache.SHIPPED_ROOT) in p for p in task.paths.values())
     assert not any(tmp_path.iterdir())  # nothing written to the cache
     assert task.judge_accuracy > 0.95

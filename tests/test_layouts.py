@@ -256,18 +256,11 @@ def test_the_split_is_disjoint_and_its_first_conditions_are_the_most_frequent():
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """The default layouts task from the shipped base and FID network (nothing trains)."""
-    import pgraft
-    import pgraft.models.layout_fid as layout_fid
-    import pgraft.tasks as tasks
+    from shipped import prepare_shipped
+
     from pgraft.config import TaskConfig
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("the default layouts task must start from the shipped models")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tasks, "pretrain", refuse)
-        mp.setattr(layout_fid, "train_layout_fid", refuse)
-        return pgraft.prepare_task(TaskConfig(name="layouts", cache_dir=tmp_path_factory.mktemp("cache")))
+    return prepare_shipped(TaskConfig(name="layouts", cache_dir=tmp_path_factory.mktemp("cache")))
 
 
 @pytest.mark.slow

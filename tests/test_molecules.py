@@ -174,16 +174,10 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def task(cache_dir):
-    """The default molecules task from the shipped base."""
-    import pgraft
-    import pgraft.tasks as tasks
+    """The default molecules task from the shipped base (nothing trains)."""
+    from shipped import prepare_shipped
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("the default molecules task must start from the shipped base")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tasks, "pretrain", refuse)
-        return pgraft.prepare_task(TaskConfig(name="molecules", cache_dir=cache_dir))
+    return prepare_shipped(TaskConfig(name="molecules", cache_dir=cache_dir))
 
 
 def _dedup_run(task, n_i: int, steps: int):

@@ -372,7 +372,10 @@ class DenoisingTrainer:
                 # DeepSpeed averages over ranks; weight by this rank's share so the update is the
                 # global batch's mean even when the slices differ in size.
                 share = (hi - lo) * world_size() / n
-                for loss, fwd, bwd in phased(self.objective.losses(self.engine, batch, n, lo, hi, self.generator)):
+                pass_losses = self.objective.losses(self.engine, batch, n, lo, hi, self.generator)
+                for _ in range(self.objective.passes):
+                    with phase("train.forward"):
+                        loss, fwd, bwd = next(pass_losses)
                     value = float(loss.detach()) * share
                     with phase("train.backward"):
                         self.engine.backward(loss * share if share != 1 else loss)
@@ -390,16 +393,6 @@ class DenoisingTrainer:
                 on_step(i + 1, step_loss)
         self.engine.eval()
         return losses
-
-
-def phased(losses: Iterator) -> Iterator:
-    """The objective's losses, each computed (the forward) inside the "train.forward" phase."""
-    while True:
-        with phase("train.forward"):
-            item = next(losses, None)
-        if item is None:
-            return
-        yield item
 
 
 def _mean_over_ranks(value: float) -> float:

@@ -35,19 +35,16 @@ class LayoutFeatureNet(nn.Module):
         self.disc = nn.Linear(d, 1)
         self.rebuild = nn.Sequential(nn.Linear(2 * d, d), nn.SiLU(), nn.Linear(d, 4))
 
-    def _encode(self, layouts: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, layouts: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         absent = types < 0
         h = self.box_in(layouts[..., 1:].float()) + self.type_embed(types.clamp_min(0))
         h = torch.cat([self.token.expand(h.shape[0], -1, -1), h], dim=1)
         mask = torch.cat([torch.zeros_like(absent[:, :1]), absent], dim=1)
-        return self.norm(self.encoder(h, src_key_padding_mask=mask)[:, 0]), absent
-
-    def features(self, layouts: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
-        return self._encode(layouts, types)[0]
+        return self.norm(self.encoder(h, src_key_padding_mask=mask)[:, 0])
 
     def forward(self, layouts: torch.Tensor, types: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(real-vs-fake logit [B], each element's box rebuilt from the feature alone [B, N, 4])."""
-        f, _ = self._encode(layouts, types)
+        f = self.features(layouts, types)
         per_element = torch.cat([f[:, None].expand(-1, types.shape[1], -1), self.type_embed(types.clamp_min(0))], -1)
         return self.disc(f).squeeze(-1), torch.sigmoid(self.rebuild(per_element))
 

@@ -138,7 +138,7 @@ class LayoutReward:
         self.__name__ = "-(" + " + ".join(f"{w:g}·{name}" for name, w in self.terms) + ")"
 
     def __call__(self, layouts: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        return -sum(w * value for w, value in zip((w for _, w in self.terms), self.term_values(layouts, conditions)))
+        return -sum(w * value for (_, w), value in zip(self.terms, self.term_values(layouts, conditions)))
 
     def term_values(self, layouts: torch.Tensor, conditions: torch.Tensor) -> list[torch.Tensor]:
         """Each term's value per layout [B], in the order of ``terms`` (unweighted penalties)."""

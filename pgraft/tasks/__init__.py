@@ -271,6 +271,18 @@ def prepare_task(cfg: TaskConfig, *, force: bool = False, progress: bool = True)
     )
 
 
+def _pretrained_base(cfg: TaskConfig, build: Callable[[], nn.Module], data, model_cfg, field: str, force: bool,
+                     progress: bool):  # fmt: skip
+    """A non-image task's base (``build``: its architecture), DDPM-pretrained on ``data``'s training
+    rows and conditions with ``model_cfg``'s budget (``field`` names it in errors), or cached."""
+
+    def train() -> nn.Module:
+        torch.manual_seed(model_cfg.seed)
+        return pretrain(build(), data.train_x, data.train_y, model_cfg, field, progress and rank() == 0)
+
+    return _pretrained(cfg, "base", train, build, force=force, collective=True)
+
+
 def _prepare_molecules(cfg: TaskConfig, force: bool, progress: bool) -> Task:
     from ..chem import codec
     from ..rewards.molecules import MoleculeReward
@@ -279,13 +291,8 @@ def _prepare_molecules(cfg: TaskConfig, force: bool, progress: bool) -> Task:
     data = molecules.load_molecules_split(cfg)
     m = cfg.molecules
 
-    def train() -> nn.Module:
-        torch.manual_seed(m.model.seed)
-        model = molecules.build_base(cfg)
-        return pretrain(model, data.train_x, data.train_y, m.model, "task.molecules.model", progress and rank() == 0)
-
     build = lambda: molecules.build_base(cfg)  # noqa: E731
-    base, base_path = _pretrained(cfg, "base", train, build, force=force, collective=True)
+    base, base_path = _pretrained_base(cfg, build, data, m.model, "task.molecules.model", force, progress)
     reward = MoleculeReward([(t.name, t.weight) for t in m.reward])
     reference = data.test_x[: m.reference_size]
     real_reward = float(reward(codec.decode(reference), torch.zeros(reference.shape[0], dtype=torch.int64)).mean())
@@ -324,17 +331,12 @@ def _prepare_layouts(cfg: TaskConfig, force: bool, progress: bool) -> Task:
         raise ConfigError(f"task.layouts.conditions={conditions} exceeds the {data.type_table.shape[0]} type multisets")
     progress = progress and rank() == 0
 
-    def train_base() -> nn.Module:
-        torch.manual_seed(lc.model.seed)
-        model = layouts.build_base(cfg, data.type_table)
-        return pretrain(model, data.train_x, data.train_y, lc.model, "task.layouts.model", progress)
-
     def train_fid() -> nn.Module:
         return train_layout_fid(layouts.decode(data.train_x), data.types(data.train_y), len(layouts.TYPES), lc.fid,
                                 progress)  # fmt: skip
 
     build = lambda: layouts.build_base(cfg, data.type_table)  # noqa: E731
-    base, base_path = _pretrained(cfg, "base", train_base, build, force=force, collective=True)
+    base, base_path = _pretrained_base(cfg, build, data, lc.model, "task.layouts.model", force, progress)
     if not torch.equal(base.type_table, build().type_table):  # the weights carry the conditions' table
         raise CheckpointError(f"{base_path}: its type-multiset table is not the corpus split's (a stale cache?)")
     fid_net, fid_path = _pretrained(cfg, "fid", train_fid, lambda: LayoutFeatureNet(lc.fid, len(layouts.TYPES)),

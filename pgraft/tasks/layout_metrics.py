@@ -9,6 +9,8 @@ element by element both are put in reading order within each type (by centre y, 
 
 from __future__ import annotations
 
+from math import nan
+
 import torch
 
 from ..engine.inc import frechet_distance
@@ -102,9 +104,9 @@ class LayoutMetrics:
         types = self.data.types(conditions)
         asked = with_condition_presence(layouts, types)
         table = self.data.type_table
-        fid = frechet_distance(self.features(asked, conditions), self.reference_features) if len(asked) > 1 else None
+        fid = frechet_distance(self.features(asked, conditions), self.reference_features) if len(asked) > 1 else nan
         return {
-            "fid": fid if fid is not None else float("nan"),
+            "fid": fid,
             "alignment": float(alignment(asked).mean()),
             "overlap": float(overlap(asked).mean()),
             "max_iou": maximum_iou(asked, conditions.cpu(), self.reference, self.data.reference_y, table),
