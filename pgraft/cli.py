@@ -194,8 +194,12 @@ def _train(args) -> int:
     except RuntimeError as exc:  # gloo / NCCL errors: a peer died or a collective timed out
         if world_size() == 1:
             raise
-        print(f"pgraft: error: {describe_collective_failure(exc)}", file=sys.stderr)
-        return 3
+        print(f"pgraft: error: {describe_collective_failure(exc)}", file=sys.stderr, flush=True)
+        # run_train's own cleanup has run; skip the interpreter's teardown, where the broken
+        # process group's C++ threads can abort the process ("terminate called without an active
+        # exception", SIGABRT) instead of exiting with the watchdog's code
+        sys.stdout.flush()
+        os._exit(3)
     return 0
 
 

@@ -291,6 +291,30 @@ class PolicyGradientConfig(_Strict):
     log_prob_reduction: Literal["mean", "sum"] = "mean"
 
 
+class SpeedConfig(_Strict):
+    """How a round runs, not what it computes (docs/kernels.md, "A whole round"; pgraft/engine/speed.py).
+
+    Each option is tested against the plain path: equal results, or within the tolerance stated
+    in tests/test_speed.py for reduced precision. The defaults are the fastest options that pass
+    those tests, measured by benches/bench_round.py on the CPU (results in docs/kernels.md).
+    Evaluation always runs the plain path, so its numbers do not depend on these options.
+    """
+
+    # autocast of the rollout's network forwards. auto: bfloat16 where the device computes it
+    # natively (CUDA with bf16, or a CPU with AMX / AVX512-BF16) and the learner only scores the
+    # samples; float32 for learners that recompute the rollout's log-probabilities (ddpo, grpo)
+    sample_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # autocast of the training forward (the fp32 weights and optimizer stay): faster on the digits
+    # UNet, slower on the animals text UNet on our CPU, so off by default; ddpo/grpo refuse it
+    train_precision: Literal["fp32", "bf16"] = "fp32"
+    inference_mode: bool = True  # torch.inference_mode (not just no_grad) for the rollout's forwards
+    channels_last: bool = False  # NHWC memory format for 4-D inputs and the networks' weights
+    compile_sampling: bool = False  # torch.compile the rollout's denoisers (inductor)
+    compile_training: bool = False  # torch.compile the trained network (DeepSpeed engine.compile)
+    threads: Optional[int] = Field(None, ge=1, le=1024)  # torch intra-op threads; None: torch's default
+    cuda_graphs: bool = False  # CUDA graphs for the fixed-shape sampling loop (CUDA only)
+
+
 class PGraftConfig(_Strict):
     """One run of the engine's round loop: ``rounds`` of rollout → reward → select → buffer → train.
 
@@ -309,10 +333,21 @@ class PGraftConfig(_Strict):
     select: SelectConfig = SelectConfig()
     train: TrainConfig = TrainConfig()
     sampler: SamplerConfig = SamplerConfig()
+    speed: SpeedConfig = SpeedConfig()
     seed: int = 0
 
     @model_validator(mode="after")
     def _cross_checks(self):
+        if self.algorithm != "pgraft" and self.speed.train_precision != "fp32":
+            raise ValueError(
+                f"speed.train_precision={self.speed.train_precision}: {self.algorithm}'s PPO ratios compare "
+                "log-probabilities recomputed in training with the rollout's; both must be float32"
+            )
+        if self.algorithm != "pgraft" and self.speed.sample_precision == "bf16":
+            raise ValueError(
+                f"speed.sample_precision=bf16: {self.algorithm} recomputes the rollout's log-probabilities "
+                "in float32; use auto or fp32"
+            )
         if self.n_i >= self.sampler.steps:
             raise ValueError(f"n_i={self.n_i} must lie in [0, sampler.steps={self.sampler.steps})")
         if self.algorithm != "pgraft" and self.n_i != 0:

@@ -42,6 +42,7 @@ from .phases import phase
 from .policy_gradient import PolicyGradient
 from .rollout import Rollout, rollout
 from .select import Acceptance, select
+from .speed import FastPolicies, apply_threads
 from .train import DenoisingTrainer, TrainingData, make_trainable
 
 log = logging.getLogger("pgraft")
@@ -191,9 +192,12 @@ class PGraftLoop:
             self.learner = PolicyGradient(cfg, self.schedule, null_label, reference, device)
         self.trainer = DenoisingTrainer(
             self.model, self.schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed,
-            timeout_s=timeout_s, passes=self.learner.passes,
+            timeout_s=timeout_s, passes=self.learner.passes, speed=cfg.speed,
         )  # fmt: skip
         self.device = self.trainer.device
+        apply_threads(cfg.speed)
+        # the rollout runs the policy as method.speed asks; evaluation (self.policy()) runs it plain
+        self.fast = FastPolicies(cfg.speed, self.device, scores_only=not self.learner.record)
         self.base = base.to(self.device)  # the frozen base samples below N_I beside the trained network
         self.progress = progress and rank() == 0
         # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
@@ -321,7 +325,7 @@ class PGraftLoop:
         # Same rollout seeds whatever N_I: methods compared at one budget see common noise.
         scorer = OverlappedScorer(self.reward_fn, self.decode)
         traj = rollout(
-            self.policy(),
+            self.fast.policy(self.policy()),
             self.schedule,
             conds,
             self.sample_shape,

@@ -22,11 +22,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..buffer import TrajectoryBuffer
-from ..config import TrainConfig
+from ..config import SpeedConfig, TrainConfig
 from ..errors import ConfigError, ShapeError
 from ..seeding import derive_seed
 from .distributed import comm_device, ensure_distributed, rank, shard_slice, world_size
 from .phases import phase
+from .speed import VerifiedCompile, autocast, prepare_network
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "time_emb_proj"]
 
@@ -287,6 +288,7 @@ class DenoisingTrainer:
         seed: int,
         timeout_s: float | None = None,
         passes: int = 1,
+        speed: SpeedConfig | None = None,
     ):
         import deepspeed
 
@@ -303,10 +305,21 @@ class DenoisingTrainer:
             raise ShapeError("the model to train has no trainable parameters")
         # ZeRO-3 partitions the module's parameters in place: sampling needs a whole copy.
         self._sampler = copy.deepcopy(model).eval().requires_grad_(False) if cfg.zero_stage == 3 else None
+        self.speed = speed or SpeedConfig()
+        prepare_network(model, self.speed)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, passes))
         self.model = model
         self.device = torch.device(self.engine.device)  # where DeepSpeed put the network
+        # autocast of the training forward only: fp32 weights, gradients and AdamW state stay
+        self.forward_dtype = torch.bfloat16 if self.speed.train_precision == "bf16" else torch.float32
+        if self.speed.compile_training:
+            # the module's forward compiled and checked against eager on its first call (not
+            # DeepSpeed's engine.compile(), which compiles the module's hooks with it and checks
+            # nothing); the trained network's sampling forwards then run compiled too
+            if cfg.zero_stage == 3:
+                raise ConfigError("speed.compile_training with train.zero_stage=3 is not supported (use 0-2)")
+            model.forward = VerifiedCompile(model.forward, model, option="speed.compile_training", gradients=True)
         self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.float().to(self.device)
         self.steps_done = 0
         self.rows_forward = self.rows_backward = 0  # global rows through the trained network
@@ -374,7 +387,7 @@ class DenoisingTrainer:
                 share = (hi - lo) * world_size() / n
                 pass_losses = self.objective.losses(self.engine, batch, n, lo, hi, self.generator)
                 for _ in range(self.objective.passes):
-                    with phase("train.forward"):
+                    with phase("train.forward"), autocast(self.device, self.forward_dtype):
                         loss, fwd, bwd = next(pass_losses)
                     value = float(loss.detach()) * share
                     with phase("train.backward"):
