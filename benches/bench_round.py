@@ -2,10 +2,11 @@
 
 A user waits for rounds, not kernels: rollout (network forwards and sampler arithmetic), reward,
 selection, buffer and training. This bench runs one round on digits and on animals (the shipped
-bases and judges) twice in one process, on identical work:
+bases and judges; ``--tasks sd_tiny``: a tiny random-initialised Stable Diffusion, the GPU plan's
+task) twice in one process, on identical work:
 
-- ``pgraft``: the engine as a user runs it, ``PGraftLoop(...).run()`` (its DeepSpeed engine is
-  built before the clock starts, as it is once per run);
+- ``pgraft``: the engine as a user runs it, ``PGraftLoop(...).run()`` with the default
+  ``method.speed`` (its DeepSpeed engine is built before the clock starts, as it is once per run);
 - ``naive``: the common pattern, written plainly (RAFT-diffusion's and ddpo-pytorch's shape): per
   condition, its M samples through diffusers' ``DDIMScheduler.step``, classifier-free guidance as
   two forward passes when it is on; rewards computed after sampling; top-K per condition in a
@@ -19,9 +20,20 @@ optimizer steps at the same batch size. Each round is split into phases (pgraft/
 sampling forward, step arithmetic, reward, selection, buffer, training forward, backward,
 optimizer) by the engine's own phase marks, which the naive loop uses too.
 
-    python benches/bench_round.py [--quick] [--tasks digits animals] [--reps 3] [--profile]
+``--ablate`` also runs the engine with each speed option (``method.speed``) one step away from
+the defaults (VARIANTS): what each option wins or costs, in the same run. A variant the engine
+refuses (say, torch.compile of a network whose compiled gradients are wrong) is reported with the
+reason. Options that change the precision change the samples slightly, so rows are matched to
+0.02 RMS (bf16 sampling moves a sample by ~0.002; distinct samples lie ~0.5 apart).
 
-Writes benches/results/<device>/round[_quick].{csv,json} and round[_quick].png (stacked phases);
+    python benches/bench_round.py [--quick] [--ablate] [--tasks digits animals sd_tiny] [--sd-latent 16]
+                                  [--guidance 1] [--reps 3] [--profile]
+
+On a GPU the engine and the naive loop both run there, and each round records the GPU's mean
+utilisation and peak memory (nvidia-ml-py, sampled every 50 ms).
+
+Writes benches/results/<device>/round[_ablate][_<tasks>][_quick].{csv,json,png} (the PNG: stacked
+phases; ``_<tasks>`` when the task set is not the default digits and animals);
 ``--profile`` also runs one more round of each implementation under torch.profiler and writes the
 trace summary (the phases and the ops with the most self CPU time) to round_profile_<task>.txt.
 """
@@ -33,22 +45,67 @@ import copy
 import inspect
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from common import report  # noqa: E402
+from common import GpuSampler, report, sync  # noqa: E402
 
 from pgraft.config import PGraftConfig, TaskConfig  # noqa: E402
 from pgraft.engine.phases import PHASES, PhaseTimer, phase  # noqa: E402
 from pgraft.engine.rounds import PGraftLoop  # noqa: E402
-from pgraft.engine.train import dsm_loss  # noqa: E402
+from pgraft.engine.speed import native_bf16  # noqa: E402
+from pgraft.engine.train import draw_dsm_noise, dsm_loss_at  # noqa: E402
+from pgraft.errors import ConfigError  # noqa: E402
 from pgraft.seeding import generator  # noqa: E402
 from pgraft.tasks import Task, prepare_task  # noqa: E402
 
 N_I = 6  # the demos' P-GRAFT level (of 25 DDIM steps)
+
+# method.speed overrides, each one option away from the defaults ("pgraft"); "plain" turns every
+# speed option off (what remains is the engine's batching across conditions and its kernels)
+VARIANTS: dict[str, dict] = {
+    "pgraft": {},
+    "plain": {"sample_precision": "fp32", "inference_mode": False},
+    "sample_fp32": {"sample_precision": "fp32"},
+    "no_inference_mode": {"inference_mode": False},
+    "train_bf16": {"train_precision": "bf16"},
+    "channels_last": {"channels_last": True},
+    "compile_sampling": {"compile_sampling": True},
+    "compile_training": {"compile_training": True},
+    "threads_1": {"threads": 1},
+    "cuda_graphs": {"cuda_graphs": True},  # refused on the CPU
+}
+
+
+SD_PROMPTS = ["a red apple", "a blue car", "a green tree", "a yellow bird", "a black cat", "a white horse",
+              "a brown dog", "an orange fish", "a purple flower", "a grey house", "a pink cake"]  # fmt: skip
+
+
+def sd_tiny_task(latent: int, folder: Path) -> Task:
+    """A tiny random-initialised Stable Diffusion (the real SD architecture: UNet2DConditionModel,
+    CLIP text encoder, VAE; tests/sd_tiny.py) at ``latent``×``latent`` latents, ten training
+    prompts, scored by JPEG compressibility (ddpo-pytorch's first reward: no model needed)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pgraft.config import TrainRunConfig
+    from pgraft.tasks.stable_diffusion import prepare_sd_task
+    from tests.sd_tiny import build_tiny_sd
+
+    build_tiny_sd(folder / "sd", latent_size=latent)
+    (folder / "prompts.txt").write_text("\n".join(SD_PROMPTS) + "\n")
+    cfg = TrainRunConfig.model_validate(
+        {
+            "stable_diffusion": {"path": folder / "sd", "prompts": folder / "prompts.txt", "eval_fraction": 0.09},
+            "reward": [{"name": "jpeg_compressibility"}],
+        }
+    )
+    task = prepare_sd_task(cfg)
+    task.name = f"sd_tiny_{latent}"
+    return task
 
 
 def work(quick: bool, guidance: float) -> PGraftConfig:
@@ -66,15 +123,28 @@ def work(quick: bool, guidance: float) -> PGraftConfig:
     )
 
 
+def with_speed(cfg: PGraftConfig, speed: dict) -> PGraftConfig:
+    return PGraftConfig.model_validate({**cfg.model_dump(), "speed": {**cfg.speed.model_dump(), **speed}})
+
+
 def pgraft_round(task: Task, cfg: PGraftConfig) -> dict:
+    threads = torch.get_num_threads()  # speed.threads sets it process-wide: restored for the next run
+    try:
+        return _pgraft_round(task, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pgraft_round(task: Task, cfg: PGraftConfig) -> dict:
     loop = PGraftLoop(task.base, task.reward, task.decode, task.num_classes, task.sample_shape, cfg,
                       null_label=task.base.null_label, progress=False)  # fmt: skip
-    with PhaseTimer() as timer:
+    with PhaseTimer() as timer, GpuSampler() as gpu:
         t0 = time.perf_counter()
         loop.run()
+        sync(loop.device)
         wall = time.perf_counter() - t0
     x_ni = loop.buffer.field("x_ni")
-    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": x_ni}
+    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": x_ni, "gpu": gpu.summary()}
 
 
 def engine_noise(n: int, shape: tuple[int, ...], seed: tuple, chunk: int, steps: int):
@@ -94,19 +164,21 @@ def naive_round(task: Task, cfg: PGraftConfig) -> dict:
     from diffusers import DDIMScheduler
 
     base, m, s = task.base, cfg.samples_per_condition, cfg.sampler
+    dev = next(base.parameters()).device
     known = set(inspect.signature(DDIMScheduler.__init__).parameters)
     sched = DDIMScheduler(**{k: v for k, v in base.scheduler_config.items() if k in known})
     sched.set_timesteps(s.steps)
     guided = s.guidance_scale != 1.0
-    with PhaseTimer() as timer:
+    with PhaseTimer() as timer, GpuSampler() as gpu:
         t0 = time.perf_counter()
         with phase("sample.step"):
             x_t, noise = engine_noise(task.num_classes * m, task.sample_shape, (cfg.seed, "rollout", 0),
                                       cfg.rollout_batch, s.steps)  # fmt: skip
+            x_t, noise = x_t.to(dev), noise.to(dev)
         finals, states = [], []
         for c in range(task.num_classes):
             rows = slice(c * m, (c + 1) * m)
-            x, cond = x_t[rows], torch.full((m,), c)
+            x, cond = x_t[rows], torch.full((m,), c, device=dev)
             with torch.no_grad():
                 for i, t in enumerate(sched.timesteps):
                     tt = t.expand(m)
@@ -121,7 +193,7 @@ def naive_round(task: Task, cfg: PGraftConfig) -> dict:
                     if s.steps - i - 1 == cfg.n_i:
                         states.append(x)
             finals.append(x)
-        labels = torch.arange(task.num_classes).repeat_interleave(m)
+        labels = torch.arange(task.num_classes, device=dev).repeat_interleave(m)
         with phase("reward"):
             rewards = task.reward(task.decode(torch.cat(finals)), labels)
         with phase("select"):
@@ -132,7 +204,7 @@ def naive_round(task: Task, cfg: PGraftConfig) -> dict:
         model = copy.deepcopy(base).train().requires_grad_(True)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=0.0)
         level = task.schedule(s.steps).state_timestep(cfg.n_i)
-        alphas = task.schedule(s.steps).alphas_cumprod
+        alphas = task.schedule(s.steps).alphas_cumprod.to(dev)
         gen, order = torch.Generator().manual_seed(cfg.seed), []
         for _ in range(cfg.train.steps_per_round):
             with phase("buffer"):
@@ -140,36 +212,49 @@ def naive_round(task: Task, cfg: PGraftConfig) -> dict:
                     order = torch.randperm(len(accepted), generator=gen).tolist()
                 batch, order = order[: cfg.train.batch_size], order[cfg.train.batch_size :]
                 x_s = torch.stack([accepted[j][0] for j in batch])
-                cond = torch.tensor([accepted[j][1] for j in batch])
+                cond = torch.tensor([accepted[j][1] for j in batch], device=dev)
             with phase("train.forward"):
-                loss = dsm_loss(model, x_s, cond, level, alphas, gen, t_min=level + 1,
-                                prediction_type=base.prediction_type)  # fmt: skip
+                t, eps = draw_dsm_noise(len(batch), tuple(x_s.shape[1:]), level, alphas.numel(), gen, level + 1)
+                loss = dsm_loss_at(model, x_s, cond, level, alphas, t.to(dev), eps.to(dev),
+                                   prediction_type=base.prediction_type)  # fmt: skip
             with phase("train.backward"):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             with phase("train.optimizer"):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
                 opt.step()
+        sync(dev)
         wall = time.perf_counter() - t0
-    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": torch.stack([a for a, _ in accepted])}
+    accepted_rows = torch.stack([a for a, _ in accepted])
+    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": accepted_rows, "gpu": gpu.summary()}
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The share of one implementation's accepted rows that the other accepted too (to 1e-4)."""
-    d = torch.cdist(a.flatten(1).double(), b.flatten(1).double()) / a[0].numel() ** 0.5
-    return float((d.min(dim=1).values < 1e-4).double().mean())
+    """The share of one implementation's accepted rows that the other accepted too (to 0.02 RMS)."""
+    d = torch.cdist(a.flatten(1).double().cpu(), b.flatten(1).double().cpu()) / a[0].numel() ** 0.5
+    return float((d.min(dim=1).values < 2e-2).double().mean())
 
 
-def measure(task: Task, cfg: PGraftConfig, reps: int) -> list[dict]:
-    """Both implementations, alternating, ``reps`` times each; the median round per implementation."""
-    runs = {"pgraft": [], "naive": []}
+def measure(task: Task, cfg: PGraftConfig, reps: int, variants: list[str]) -> list[dict]:
+    """The naive loop and each engine variant, alternating, ``reps`` times each; the median round
+    of each. A variant the engine refuses is one row with the reason."""
+    runs = {"naive": [], **{v: [] for v in variants}}
+    refused = {}
     for _ in range(reps):
         runs["naive"].append(naive_round(task, cfg))
-        runs["pgraft"].append(pgraft_round(task, cfg))
-    same = agreement(runs["pgraft"][0]["accepted"], runs["naive"][0]["accepted"])
+        for v in variants:
+            if v in refused:
+                continue
+            try:
+                runs[v].append(pgraft_round(task, with_speed(cfg, VARIANTS[v])))
+            except ConfigError as err:
+                refused[v] = str(err)
     rows = []
     samples = task.num_classes * cfg.samples_per_condition
     for impl, rs in runs.items():
+        if not rs:
+            continue
+        same = agreement(rs[0]["accepted"], runs["naive"][0]["accepted"])
         best = sorted(rs, key=lambda r: r["wall_s"])[len(rs) // 2]
         ph = best["phases"]
         sampling = ph.get("sample.forward", 0) + ph.get("sample.step", 0)
@@ -185,9 +270,12 @@ def measure(task: Task, cfg: PGraftConfig, reps: int) -> list[dict]:
                 **{f"{p}_s": ph.get(p, 0.0) for p in PHASES},
                 "other_s": best["wall_s"] - sum(ph.get(p, 0.0) for p in PHASES if p != "reward"),
                 "accepted_rows_agree": same,
+                **best["gpu"],
+                "refused": "",
             }
         )
-    return rows
+    blank = dict.fromkeys(rows[0], float("nan"))
+    return rows + [{**blank, "task": task.name, "impl": v, "refused": why} for v, why in refused.items()]
 
 
 def profile(task: Task, cfg: PGraftConfig, path) -> None:
@@ -209,18 +297,29 @@ def profile(task: Task, cfg: PGraftConfig, path) -> None:
 
 
 def plot(rows: list[dict], path) -> None:
+    """Stacked horizontal bars of each round's phases, labelled with its speed-up over the naive
+    loop; rounds far longer than the naive one (compilation) run off the axis, their time written."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    labels = [f"{r['task']}\n{r['impl']}" for r in rows]
-    bottom = [0.0] * len(rows)
+    fig, ax = plt.subplots(figsize=(8, 1.8 + 0.32 * len(rows)))
+    labels = [f"{r['task']} · {r['impl']}" for r in rows][::-1]
+    rows = rows[::-1]
+    left = [0.0] * len(rows)
     for p in PHASES + ("other",):
         v = [r[f"{p}_s"] for r in rows]
-        ax.bar(labels, v, bottom=bottom, label=p)
-        bottom = [b + x for b, x in zip(bottom, v)]
-    ax.set_ylabel("seconds (one round)")
-    ax.set_title("one P-GRAFT round: where the time goes (reward overlaps sampling in pgraft)")
-    ax.legend(fontsize=7, ncol=2)
+        ax.barh(labels, v, left=left, label=p)
+        left = [a + b for a, b in zip(left, v)]
+    limit = 1.3 * max(r["round_s"] for r in rows if r["impl"] == "naive")
+    ax.set_xlim(0, limit)
+    for y, r in enumerate(rows):
+        ratio = r.get("speedup_vs_naive", float("nan"))
+        note = f"{r['round_s']:.1f} s" + ("" if ratio != ratio else f", {ratio:.2f}× naive")
+        ax.text(min(r["round_s"], limit * 0.78) + limit * 0.01, y, note + (" →" if r["round_s"] > limit else ""),
+                va="center", fontsize=7)  # fmt: skip
+    ax.set_xlabel("seconds (one round)")
+    ax.set_title("one P-GRAFT round: where the time goes (the reward overlaps sampling in pgraft)", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=6, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (1 + 0.3 * len(rows))))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -229,32 +328,52 @@ def plot(rows: list[dict], path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="M = 16, K = 2, 30 optimizer steps, 1 repetition")
-    ap.add_argument("--tasks", nargs="+", default=["digits", "animals"], choices=["digits", "animals"])
+    ap.add_argument("--tasks", nargs="+", default=["digits", "animals"], choices=["digits", "animals", "sd_tiny"])
+    ap.add_argument("--sd-latent", type=int, default=16, help="sd_tiny: the latent side (64: SD 1.x at 512 px)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler summary per task")
+    ap.add_argument("--ablate", action="store_true", help="also run each speed option one step from the defaults")
     args = ap.parse_args()
     cfg = work(args.quick, args.guidance)
     reps = 1 if args.quick else args.reps
-    rows, tasks = [], {}
+    variants = list(VARIANTS) if args.ablate else ["pgraft"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where DeepSpeed trains
+    rows, tasks, scratch = [], {}, tempfile.TemporaryDirectory()
     for name in args.tasks:
-        tasks[name] = prepare_task(TaskConfig(name=name), progress=False)
-        rows += measure(tasks[name], cfg, reps)
-    ratios = []
-    for name in args.tasks:
-        naive, fast = (next(r for r in rows if r["task"] == name and r["impl"] == i) for i in ("naive", "pgraft"))
-        fast["speedup_vs_naive"] = naive["round_s"] / fast["round_s"]
-        ratios.append((name, fast["speedup_vs_naive"]))
+        if name == "sd_tiny":
+            task = sd_tiny_task(args.sd_latent, Path(scratch.name))
+        else:
+            task = prepare_task(TaskConfig(name=name), progress=False)
+        task.base.to(device)  # the naive loop samples and trains where the engine does
+        tasks[task.name] = task
+        rows += measure(task, cfg, reps, variants)
+    for name in tasks:
+        naive = next(r for r in rows if r["task"] == name and r["impl"] == "naive")
+        for r in rows:
+            if r["task"] == name:
+                r["speedup_vs_naive"] = naive["round_s"] / r["round_s"] if r["impl"] != "naive" else float("nan")
+    ratios = [(r["task"], r["speedup_vs_naive"]) for r in rows if r["impl"] == "pgraft"]
     columns = ["task", "impl", "round_s", "rollout_samples_per_s", "optimizer_steps_per_s",
-               *[f"{p}_s" for p in PHASES], "other_s", "accepted_rows_agree", "speedup_vs_naive"]  # fmt: skip
+               *[f"{p}_s" for p in PHASES], "other_s", "accepted_rows_agree", "speedup_vs_naive",
+               *(["gpu_util_mean_percent", "gpu_memory_max_mib"] if device.type == "cuda" else [])]  # fmt: skip
     meta = {
         "quick": args.quick,
         "config": cfg.model_dump(mode="json"),
+        "variants": {v: VARIANTS[v] for v in variants},
+        "native_bf16": native_bf16(device),
         "reps": reps,
         "threads": torch.get_num_threads(),
     }
-    folder = report("round", torch.device("cpu"), rows, columns, meta)
-    plot(rows, folder / ("round_quick.png" if args.quick else "round.png"))
+    name = "round_ablate" if args.ablate else "round"
+    if args.tasks != ["digits", "animals"]:  # another task set: its own files beside the default ones
+        name += "_" + "_".join(args.tasks)
+    folder = report(name, device, rows, columns, meta)
+    for r in rows:
+        if r["refused"]:
+            print(f"{r['task']} {r['impl']}: refused: {r['refused']}")
+    measured = [r for r in rows if not r["refused"]]
+    plot(measured, folder / f"{name}{'_quick' if args.quick else ''}.png")
     if args.profile:
         for name, task in tasks.items():
             profile(task, cfg, folder / f"round_profile_{name}{'_quick' if args.quick else ''}.txt")

@@ -162,6 +162,48 @@ def telemetry() -> dict:
         pynvml.nvmlShutdown()
 
 
+class GpuSampler:
+    """GPU utilisation and memory sampled by nvidia-ml-py every ``every_s`` seconds on a thread,
+    for the duration of a ``with`` block (a snapshot misses a round's peaks); on a machine
+    without a GPU it records why there is no telemetry and costs nothing."""
+
+    def __init__(self, every_s: float = 0.05):
+        self.every_s, self.util, self.mem_mib, self.reason = every_s, [], [], None
+
+    def __enter__(self) -> "GpuSampler":
+        import threading
+
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        except Exception as exc:  # NVMLError_LibraryNotFound without a GPU (STACK.md)
+            self.reason = f"no GPU telemetry ({type(exc).__name__})"
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.util.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            self.mem_mib.append(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
+
+    def __exit__(self, *exc) -> None:
+        if self.reason is None:
+            self._stop.set()
+            self._thread.join()
+            self._nvml.nvmlShutdown()
+
+    def summary(self) -> dict:
+        if self.reason is not None or not self.util:
+            return {"gpu_util_mean_percent": float("nan"), "gpu_memory_max_mib": float("nan")}
+        return {"gpu_util_mean_percent": statistics.fmean(self.util), "gpu_memory_max_mib": max(self.mem_mib)}
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)

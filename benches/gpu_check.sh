@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call on the lent machine (issue 3, item 6; issue 4's pinned
-# arenas): the kernel and buffer tests with Triton compiled on CUDA tensors (no interpreter), then
-# every bench. Prepare here with benches/gpu_wheels.sh, then run through the device tool:
+# arenas; issue 16's whole rounds): the kernel and buffer tests with Triton compiled on CUDA tensors
+# (no interpreter), then every bench. Prepare here with benches/gpu_wheels.sh, then run through the device tool:
 #     run(command="bash benches/gpu_check.sh", carry=[".whl"], timeout_s=600)
 # Results: benches/results/<device>/ there, copied to $OUT/results.tgz with the log $OUT/gpu_check.log;
 # unpack the archive here and commit it. Each step runs even if an earlier one failed.
@@ -38,5 +38,9 @@ step bench_denoise_step python3 benches/bench_denoise_step.py
 step bench_denoise_step_bf16 python3 benches/bench_denoise_step.py --quick --dtype bfloat16
 step bench_select python3 benches/bench_select.py
 step bench_buffer python3 benches/bench_buffer.py
+# issue 16: whole rounds against the naive loop, every speed option (CUDA graphs included) one step
+# from the defaults, GPU utilisation and memory sampled by nvidia-ml-py during each round
+step bench_round python3 benches/bench_round.py --quick --ablate --tasks digits
+step bench_round_sd python3 benches/bench_round.py --quick --tasks sd_tiny --sd-latent 64 --guidance 5
 tar czf "$OUT/results.tgz" benches/results
 echo "=== done: $OUT/results.tgz"

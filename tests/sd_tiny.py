@@ -19,8 +19,9 @@ def write_vocab(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def build_tiny_sd(path: Path, prediction_type: str = "epsilon") -> Path:
-    """Written by StableDiffusionPipeline.save_pretrained, so diffusers' own loaders read it too."""
+def build_tiny_sd(path: Path, prediction_type: str = "epsilon", latent_size: int = 8) -> Path:
+    """Written by StableDiffusionPipeline.save_pretrained, so diffusers' own loaders read it too.
+    ``latent_size``: the UNet's latent side (images are 2× larger: the tiny VAE has two levels)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -28,7 +29,7 @@ def build_tiny_sd(path: Path, prediction_type: str = "epsilon") -> Path:
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16),
         layers_per_block=1,
-        sample_size=8,
+        sample_size=latent_size,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
