@@ -308,9 +308,10 @@ class SpeedConfig(_Strict):
     # UNet, slower on the animals text UNet on our CPU, so off by default; ddpo/grpo refuse it
     train_precision: Literal["fp32", "bf16"] = "fp32"
     inference_mode: bool = True  # torch.inference_mode (not just no_grad) for the rollout's forwards
-    channels_last: bool = False  # NHWC memory format for 4-D inputs and the networks' weights
-    compile_sampling: bool = False  # torch.compile the rollout's denoisers (inductor)
-    compile_training: bool = False  # torch.compile the trained network (DeepSpeed engine.compile)
+    channels_last: bool = False  # NHWC memory format for the networks' 4-D inputs
+    # torch.compile (inductor), each graph checked against eager on its first call (VerifiedCompile)
+    compile_sampling: bool = False  # the rollout's denoisers
+    compile_training: bool = False  # the trained network's forward (its sampling then runs compiled too)
     threads: Optional[int] = Field(None, ge=1, le=1024)  # torch intra-op threads; None: torch's default
     cuda_graphs: bool = False  # CUDA graphs for the fixed-shape sampling loop (CUDA only)
 
