@@ -77,12 +77,6 @@ def prepare_network(module: nn.Module, speed: SpeedConfig) -> nn.Module:
     return module
 
 
-def agreement(compiled: torch.Tensor, eager: torch.Tensor) -> float:
-    """The relative difference ‖compiled − eager‖ / ‖eager‖ (0 for two zero tensors)."""
-    scale = float(eager.float().norm())
-    return float((compiled.float() - eager.float()).norm()) / scale if scale > 0 else float(compiled.float().norm())
-
-
 class VerifiedCompile:
     """``torch.compile(forward)``, checked against eager ``forward`` before it is trusted.
 
