@@ -138,7 +138,7 @@ def pgraft_round(task: Task, cfg: PGraftConfig) -> dict:
 def _pgraft_round(task: Task, cfg: PGraftConfig) -> dict:
     loop = PGraftLoop(task.base, task.reward, task.decode, task.num_classes, task.sample_shape, cfg,
                       null_label=task.base.null_label, progress=False)  # fmt: skip
-    with PhaseTimer() as timer, GpuSampler() as gpu:
+    with PhaseTimer(sync=loop.device) as timer, GpuSampler() as gpu:  # sync: a GPU phase owns its kernels
         t0 = time.perf_counter()
         loop.run()
         sync(loop.device)
@@ -169,7 +169,7 @@ def naive_round(task: Task, cfg: PGraftConfig) -> dict:
     sched = DDIMScheduler(**{k: v for k, v in base.scheduler_config.items() if k in known})
     sched.set_timesteps(s.steps)
     guided = s.guidance_scale != 1.0
-    with PhaseTimer() as timer, GpuSampler() as gpu:
+    with PhaseTimer(sync=dev) as timer, GpuSampler() as gpu:
         t0 = time.perf_counter()
         with phase("sample.step"):
             x_t, noise = engine_noise(task.num_classes * m, task.sample_shape, (cfg.seed, "rollout", 0),

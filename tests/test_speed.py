@@ -23,7 +23,15 @@ import torch
 from pgraft.config import PGraftConfig, SpeedConfig, TaskConfig, TrainConfig
 from pgraft.engine.compose import Composed, Single
 from pgraft.engine.rollout import rollout
-from pgraft.engine.speed import FastDenoiser, FastPolicies, VerifiedCompile, flat_grad, native_bf16, sample_dtype
+from pgraft.engine.speed import (
+    FastDenoiser,
+    FastPolicies,
+    VerifiedCompile,
+    apply_threads,
+    flat_grad,
+    native_bf16,
+    sample_dtype,
+)
 from pgraft.engine.train import DenoisingTrainer, TrainingData
 from pgraft.errors import ConfigError
 from pgraft.models.schedule import Schedule
@@ -63,14 +71,27 @@ def test_inference_mode_gives_the_no_grad_rollout_bit_for_bit(digits):
     off, _ = sample(digits, SpeedConfig(sample_precision="fp32", inference_mode=False))
     assert torch.equal(on.x0, off.x0) and torch.equal(on.x_ni, off.x_ni)
     assert not on.x0.is_inference() and not on.x_ni.is_inference()  # the buffer gets plain tensors
+    x, t, c = torch.randn(2, *digits.sample_shape), torch.full((2,), 500), torch.arange(2)
+    for flag in (True, False):  # the option reaches the network's forward
+        out = FastDenoiser(digits.base, SpeedConfig(inference_mode=flag), CPU, torch.float32)(x, t, c)
+        assert out.is_inference() is flag
 
 
 def test_channels_last_and_thread_count_give_the_plain_rollout(digits):
     plain, _ = sample(digits, SpeedConfig(sample_precision="fp32"))
-    nhwc, _ = sample(digits, SpeedConfig(sample_precision="fp32", channels_last=True))
+    layouts = []
+    seen = digits.base.unet.register_forward_pre_hook(
+        lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        nhwc, _ = sample(digits, SpeedConfig(sample_precision="fp32", channels_last=True))
+    finally:
+        seen.remove()
+    assert layouts and all(layouts)  # the network ran on NHWC inputs
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
+        apply_threads(SpeedConfig(threads=1))
+        assert torch.get_num_threads() == 1
         one, _ = sample(digits, SpeedConfig(sample_precision="fp32"))
     finally:
         torch.set_num_threads(threads)

@@ -183,6 +183,7 @@ class PGraftLoop:
             raise ConfigError(f"n_i={cfg.n_i} applies to algorithm=pgraft; {cfg.algorithm} trains the whole chain")
         if cfg.algorithm != "pgraft" and keep_rounds != 1:
             raise ValueError(f"{cfg.algorithm} is on-policy: it trains on its own round only (keep_rounds=1)")
+        self._adapter_off: AdapterOff | None = None  # LoRA: the base seen through the trained model
         self.model = make_trainable(base, cfg.train, cfg.seed)
         if cfg.algorithm == "pgraft":
             self.learner = RejectionSampling(cfg, cfg.seed)
@@ -243,8 +244,13 @@ class PGraftLoop:
 
     # -- the loop ----------------------------------------------------------------------------
     def _base_view(self, model: nn.Module) -> nn.Module:
-        """The frozen base: the base module, or the LoRA model with its adapter off."""
-        return AdapterOff(model, self.base.prediction_type) if self.cfg.train.mode == "lora" else self.base
+        """The frozen base: the base module, or the LoRA model with its adapter off (one view per
+        model, so the rollout's fast wrapper of it is built, and compiled, once)."""
+        if self.cfg.train.mode != "lora":
+            return self.base
+        if self._adapter_off is None or self._adapter_off.peft_model is not model:
+            self._adapter_off = AdapterOff(model, self.base.prediction_type)
+        return self._adapter_off
 
     def policy(self) -> Composed:
         """The composed sampler of the current weights (whole, under every ZeRO stage)."""
