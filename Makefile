@@ -43,5 +43,8 @@ sweep: install
 bases: install
 	$(VENV)/bin/pgraft bases --out runs/bases
 
+# The machine's arithmetic first (CPU flags, threads, what 'auto' precision picks), so a failing
+# run names its machine.
 test: $(VENV)/.installed-test
+	$(VENV)/bin/pgraft info
 	$(VENV)/bin/python -m pytest -q

@@ -1,4 +1,4 @@
-"""The `pgraft` command: pretrain, bases, demo, sweep, compare, train, inc, sample.
+"""The `pgraft` command: pretrain, bases, demo, sweep, compare, train, inc, sample, info.
 
 `train` also runs under the DeepSpeed launcher, one process per rank:
     deepspeed --num_gpus 8 -m pgraft.cli train --config configs/digits_train.yaml --out runs/train
@@ -101,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=4, help="images to draw (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/samples)")
+    sub.add_parser("info", help="this machine's arithmetic: CPU flags, threads, GPUs, what 'auto' precision picks")
     return ap
 
 
@@ -167,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             from .experiments.inc import run_inc
 
             run_inc(C.load(C.IncConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
+        elif args.command == "info":
+            from .machine import report_lines
+
+            print("\n".join(report_lines()))
         elif args.command == "sample":
             from .experiments.sample import run_sample
 

@@ -17,6 +17,13 @@ from pgraft.models.unet import ClassConditionalUNet  # noqa: E402
 TINY_UNET = UNetConfig(block_out_channels=(8, 16), layers_per_block=1, attention=False, num_train_timesteps=100)
 
 
+def pytest_report_header(config):
+    """The machine's arithmetic first, so a failure names the CPU it happened on (pgraft/machine.py)."""
+    from pgraft.machine import report_lines
+
+    return ["pgraft machine: " + line for line in report_lines()]
+
+
 @pytest.fixture
 def tiny_unet():
     torch.manual_seed(0)

@@ -9,10 +9,16 @@ are compared through their update from the base (relative), and the losses and r
 These runs sample in float32 (FP32): under bf16 autocast a weight that differs in its last fp32
 bit can round to a different bf16 value, so rank-rounding differences would reach the samples at
 bf16's precision (3e-4 in a round's mean reward), which is not what these tests compare.
+
+How close is close enough is measured, not guessed (docs/development.md, "Rounding floors"): each
+bound below is several times the largest spread seen between runs that differ only in rounding
+(1 vs 2 torch threads, oneDNN/MKL/ATen kernels capped to other ISAs, 1 vs 2 ranks) and well
+below what a real defect in the rank split moves.
 """
 
 import signal
 import time
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -48,7 +54,30 @@ def test_two_ranks_agree_with_each_other_and_with_one_rank(train_cache, one_rank
     _assert_same_training(train_cache, out, one_rank_runs[mode, accum], mode)
 
 
-def _assert_same_training(train_cache, out, one_out, mode):
+@dataclass(frozen=True)
+class Agreement:
+    """How closely a 2-rank run reproduces the 1-rank run, per quantity."""
+
+    loss_rel: float
+    loss_abs: float
+    rollout_abs: float  # a round's mean rollout reward (round 0's is bit-identical: same weights)
+    eval_abs: float  # the final model's held-out mean reward
+    update_rel: float  # relative L2 distance of the two updates from the base
+
+
+# GRAFT/P-GRAFT: every bound held under each measured kernel variant with room to spare.
+DENOISING = Agreement(loss_rel=1e-5, loss_abs=1e-6, rollout_abs=0.0, eval_abs=1e-3, update_rel=0.05)
+# DDPO's PPO ratio exp(log p_new - log p_old) turns forward rounding (different per-rank batch
+# sizes pick different MKL blockings) into loss differences 100x larger. Measured spreads, 2 vs 1
+# rank (this test's config): train_loss 3.3e-6 on an AMD EPYC, 1.1e-5 with MKL capped at AVX2 and
+# oneDNN at AVX512_CORE_BF16, 4.1e-5 with every kernel at AVX2; 1-rank runs that differ only in the
+# thread count or the kernels' ISA differ by up to 4.7e-6. Round 1's mean rollout reward: up to
+# 4.9e-5; held-out reward: up to 7.6e-4; update: up to 0.063. A real defect (every rank training
+# rank 0's rows) moves them by 3.4e-2, 3.3e-3, 8.2e-3 and 0.97.
+PPO = Agreement(loss_rel=0.0, loss_abs=4e-4, rollout_abs=5e-4, eval_abs=3e-3, update_rel=0.25)
+
+
+def _assert_same_training(train_cache, out, one_out, mode, tol: Agreement = DENOISING):
     two, one = results(out), results(one_out)
     assert two["world_size"] == 2 and one["world_size"] == 1
     digests = two["param_digests"]
@@ -58,10 +87,11 @@ def _assert_same_training(train_cache, out, one_out, mode):
     for h2, h1 in zip(two["history"], one["history"], strict=True):
         assert h2["accepted"] == h1["accepted"] and h2["samples_drawn"] == h1["samples_drawn"]
         assert h2["train_backward"] == h1["train_backward"]
-        assert h2["rollout_reward_mean"] == pytest.approx(h1["rollout_reward_mean"], rel=1e-5)
-        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5, abs=1e-6)
+        assert h2["rollout_reward_mean"] == pytest.approx(h1["rollout_reward_mean"], rel=1e-5, abs=tol.rollout_abs)
+        assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=tol.loss_rel, abs=tol.loss_abs)
+    assert two["history"][0]["rollout_reward_mean"] == one["history"][0]["rollout_reward_mean"]
     m2, m1 = two["models"]["pgraft"], one["models"]["pgraft"]
-    assert m2["reward_mean"] == pytest.approx(m1["reward_mean"], abs=1e-3)
+    assert m2["reward_mean"] == pytest.approx(m1["reward_mean"], abs=tol.eval_abs)
 
     # The update from the base agrees (relative L2); under LoRA the base weights are untouched.
     base = tiny_train_task(train_cache).base.state_dict()
@@ -77,7 +107,7 @@ def _assert_same_training(train_cache, out, one_out, mode):
         d1 = torch.cat([w1[k].double().flatten() for k in sorted(w1) if "lora_B" in k])
         d2 = torch.cat([w2[k].double().flatten() for k in sorted(w1) if "lora_B" in k])
     assert float(d1.norm()) > 0
-    assert float((d2 - d1).norm() / d1.norm()) < 0.05
+    assert float((d2 - d1).norm() / d1.norm()) < tol.update_rel
 
 
 # DDPO: trajectories sharded across ranks, the per-condition statistics computed on the whole round
@@ -97,7 +127,7 @@ def test_two_rank_ddpo_equals_one_rank(train_cache, one_rank_ddpo, tmp_path, sta
     proc = two_ranks(two, train_cache, DDPO + ["method.train.batch_size=2", f"method.train.zero_stage={stage}"])
     assert "2 rank(s); weights identical across ranks: True" in finish(proc)
     assert results(one_rank_ddpo)["history"][0]["train_backward"] == 40 * 3  # every trajectory, 3 stochastic steps
-    _assert_same_training(train_cache, two, one_rank_ddpo, "full")
+    _assert_same_training(train_cache, two, one_rank_ddpo, "full", PPO)
 
 
 LONG = ["method.rounds=50", "method.train.steps_per_round=50", "distributed.timeout_s=8"]

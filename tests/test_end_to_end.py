@@ -1,6 +1,7 @@
 """A seconds-long P-GRAFT run on a tiny model: rewards rise, NaN rewards are survived."""
 
 import pytest
+from margins import assert_rises
 
 from pgraft.config import EvalConfig, PGraftConfig
 from pgraft.engine.compose import Single
@@ -28,6 +29,7 @@ def _cfg(n_i, **kw):
             "select": {"rule": "top_k", "k": 4},
             "train": {"lr": 3e-3, "batch_size": 32, "steps_per_round": 40, **kw},
             "sampler": {"steps": 8},
+            "speed": {"sample_precision": "fp32"},  # the test is about learning, not bf16 rounding
         }
     )
 
@@ -44,8 +46,7 @@ def test_rewards_rise_over_rounds(tiny_digits_model, n_i, mode):
         name: evaluate(policy, run.schedule, brightness, None, 3, (1, 8, 8), decode, EvalConfig(samples_per_class=64))
         for name, policy in (("base", Single(tiny_digits_model)), ("tuned", run.policy))
     }
-    assert ev["tuned"].reward_mean > ev["base"].reward_mean + 0.02, (ev["base"].reward_mean, ev["tuned"].reward_mean)
-    assert ev["tuned"].reward_ci95[0] > ev["base"].reward_ci95[1]
+    assert_rises(ev["tuned"], ev["base"], f"GRAFT/P-GRAFT n_i={n_i} {mode}")
     assert all(r.accepted == 12 for r in run.history)
 
 

@@ -268,8 +268,11 @@ def test_a_tiny_layouts_run_goes_end_to_end_through_the_public_api(task):
     """GRAFT and P-GRAFT on layouts run through the engine unchanged (rollout, fused step, selection
     per type multiset, the C++ buffer, DeepSpeed training, composed sampling): each round accepts
     K of M per condition above the rollout's mean, and P-GRAFT's held-out reward on the conditions
-    trained on rises over the base with disjoint CIs (GRAFT's need not: on layouts it degenerates,
-    README), with every metric in range."""
+    trained on rises over the base (paired on common held-out noise; GRAFT's need not: on layouts
+    it degenerates, README), with every metric in range. Rollouts in fp32: the rise is about
+    learning, and bf16 rounding moves a 3-round run by about a CI half-width."""
+    from margins import assert_rises
+
     from pgraft import EvalConfig, PGraftConfig, Single, evaluate
     from pgraft.engine.rounds import PGraftLoop
 
@@ -278,7 +281,8 @@ def test_a_tiny_layouts_run_goes_end_to_end_through_the_public_api(task):
     def run(n_i: int):
         cfg = PGraftConfig.model_validate(
             {"n_i": n_i, "samples_per_condition": 16, "rollout_batch": 1024, "rounds": 3, "select": {"k": 2},
-             "train": {"lr": 3e-4, "batch_size": 64, "steps_per_round": 100}}
+             "train": {"lr": 3e-4, "batch_size": 64, "steps_per_round": 100},
+             "speed": {"sample_precision": "fp32"}}
         )  # fmt: skip
         loop = PGraftLoop(task.base, task.reward, task.decode, conditions, task.sample_shape, cfg,
                           null_label=task.base.null_label, progress=False)  # fmt: skip
@@ -307,7 +311,7 @@ def test_a_tiny_layouts_run_goes_end_to_end_through_the_public_api(task):
         for name, policy in (("base", Single(task.base)), ("graft", graft.policy), ("pgraft", pgraft.policy))
     }
     base = evals["base"]
-    assert evals["pgraft"].reward_ci95[0] > base.reward_ci95[1], (base.summary(), evals["pgraft"].summary())
+    assert_rises(evals["pgraft"], base, "layouts P-GRAFT n_i=6")
     for ev in evals.values():
         s = ev.summary()
         assert s["eval_samples"] == pages.numel() > 900 and 0 <= s["max_iou"] <= 1 and 0 < s["area"] < 1

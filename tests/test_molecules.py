@@ -192,6 +192,7 @@ def _dedup_run(task, n_i: int, steps: int):
             "rounds": 1,
             "select": {"rule": "dedup", "k": 64},
             "train": {"lr": 1e-4, "batch_size": 64, "steps_per_round": steps},
+            "speed": {"sample_precision": "fp32"},  # about learning, not bf16 rounding
         }
     )
     loop = PGraftLoop(
@@ -210,14 +211,16 @@ def _dedup_run(task, n_i: int, steps: int):
 def test_a_tiny_molecules_run_goes_end_to_end_through_the_public_api(task):
     """GRAFT and P-GRAFT with dedup on canonical SMILES run through the engine unchanged: every
     accepted row of a round is a distinct molecule and scores above the rollout, and GRAFT's
-    held-out validity × QED rises over the base with disjoint CIs. The task's metrics come back
-    in range for the base and both."""
+    held-out validity × QED rises over the base (paired on common held-out noise). The task's
+    metrics come back in range for the base and both."""
+    from margins import assert_rises
+
     from pgraft import EvalConfig, Single, evaluate
 
     graft = _dedup_run(task, 0, 120)
     pgraft = _dedup_run(task, 6, 30)
     assert pgraft.policy.n_i == 6  # the composed sampler hands over to the base at N_I
-    held_out = EvalConfig(samples_per_class=600)
+    held_out = EvalConfig(samples_per_class=1500)  # paired z about 6.5 (4.1 at 600) on each measured CPU
     evals = {
         name: evaluate(
             policy,
@@ -232,8 +235,7 @@ def test_a_tiny_molecules_run_goes_end_to_end_through_the_public_api(task):
         )  # fmt: skip
         for name, policy in (("base", Single(task.base)), ("graft", graft.policy), ("pgraft", pgraft.policy))
     }
-    base, tuned = evals["base"], evals["graft"]
-    assert tuned.reward_ci95[0] > base.reward_ci95[1], (base.summary(), tuned.summary())
+    assert_rises(evals["graft"], evals["base"], "molecules GRAFT dedup")
     for ev in evals.values():
         s = ev.summary()
         for key in ("validity", "uniqueness", "novelty", "qed", "diversity"):

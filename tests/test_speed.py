@@ -19,6 +19,7 @@ import copy
 
 import pytest
 import torch
+from margins import record
 
 from pgraft.config import PGraftConfig, SpeedConfig, TaskConfig, TrainConfig
 from pgraft.engine.compose import Composed, Single
@@ -100,17 +101,28 @@ def test_channels_last_and_thread_count_give_the_plain_rollout(digits):
     torch.testing.assert_close(one.x0, plain.x0, atol=1e-4, rtol=0)
 
 
+# The bf16 path on purpose: where bf16 is only emulated it is slower than fp32 and `auto` never
+# picks it, and the emulation's rounding is not what these tolerances were measured on.
+NATIVE_BF16 = pytest.mark.skipif(
+    not native_bf16(CPU), reason="this CPU has neither AMX nor AVX512-BF16: bf16 would be emulated (pgraft info)"
+)
+
+
+@NATIVE_BF16
 def test_bf16_sampling_stays_within_the_stated_tolerance(digits):
     fp32, conds = sample(digits, SpeedConfig(sample_precision="fp32"), per_class=32)
     bf16, _ = sample(digits, SpeedConfig(sample_precision="bf16"), per_class=32)
-    rms = (bf16.x0 - fp32.x0).flatten(1).pow(2).mean(1).sqrt()
-    assert float(rms.median()) < 0.02
+    rms = float((bf16.x0 - fp32.x0).flatten(1).pow(2).mean(1).sqrt().median())
     r32 = digits.reward(digits.decode(fp32.x0), conds)
     r16 = digits.reward(digits.decode(bf16.x0), conds)
     diff = r16 - r32
-    assert float(diff.mean().abs()) <= 3 * float(diff.std()) / diff.numel() ** 0.5 + 1e-6
+    paired_se = float(diff.std()) / diff.numel() ** 0.5
     top = lambda r: r.view(digits.num_classes, -1).topk(4).indices.sort().values  # noqa: E731
-    assert float((top(r16) == top(r32)).float().mean()) >= 0.85
+    same_slots = float((top(r16) == top(r32)).float().mean())
+    record("bf16 sampling", median_rms=rms, reward_shift_se=float(diff.mean().abs()) / paired_se, same_slots=same_slots)
+    assert rms < 0.02
+    assert float(diff.mean().abs()) <= 3 * paired_se + 1e-6
+    assert same_slots >= 0.85
 
 
 def test_channels_last_training_equals_the_plain_trainer(tiny_digits_model, digits8):
@@ -121,13 +133,18 @@ def test_channels_last_training_equals_the_plain_trainer(tiny_digits_model, digi
     torch.testing.assert_close(nhwc_step, plain_step, rtol=0, atol=1e-5)
 
 
+@NATIVE_BF16
 def test_bf16_training_stays_within_the_stated_tolerance(tiny_digits_model, digits8):
     data = TrainingData(digits8.train_x, digits8.train_y)
     fp32_loss, fp32_step = train_run(tiny_digits_model, SpeedConfig(), data)
     bf16_loss, bf16_step = train_run(tiny_digits_model, SpeedConfig(train_precision="bf16"), data)
-    assert float(((bf16_loss - fp32_loss).abs() / fp32_loss).max()) < 0.02
-    assert float(torch.nn.functional.cosine_similarity(bf16_step, fp32_step, dim=0)) >= 0.95
-    assert float((bf16_step - fp32_step).norm() / fp32_step.norm()) < 0.25
+    loss_rel = float(((bf16_loss - fp32_loss).abs() / fp32_loss).max())
+    cosine = float(torch.nn.functional.cosine_similarity(bf16_step, fp32_step, dim=0))
+    update_rel = float((bf16_step - fp32_step).norm() / fp32_step.norm())
+    record("bf16 training", loss_rel=loss_rel, cosine=cosine, update_rel=update_rel)
+    assert loss_rel < 0.02
+    assert cosine >= 0.95
+    assert update_rel < 0.25
 
 
 def test_compiled_sampling_gives_the_eager_outputs(tiny_unet):
