@@ -1,5 +1,5 @@
-// pybind11 face of csrc/trajectory_buffer.*: arenas are torch tensors (pinned when CUDA is
-// present), views handed to Python keep the buffer alive, long copies release the GIL.
+// pybind11 face of csrc/trajectory_buffer.*: arenas are pageable torch tensors (pgraft/buffer.py
+// says why not pinned), views handed to Python keep the buffer alive, long copies release the GIL.
 // pgraft/buffer.py validates arguments first; the checks here guard memory safety only.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -44,13 +44,13 @@ struct Buffer : std::enable_shared_from_this<Buffer> {
   std::vector<at::Tensor> arenas;  // owned storage (empty for a memory map)
   std::unique_ptr<pgraft::TrajectoryBuffer> core;
 
-  static std::vector<at::Tensor> make_arenas(const std::vector<pgraft::FieldSpec>& fields, int64_t capacity, bool pin,
+  static std::vector<at::Tensor> make_arenas(const std::vector<pgraft::FieldSpec>& fields, int64_t capacity,
                                              std::vector<unsigned char*>& ptrs) {
     std::vector<at::Tensor> out;
     for (const auto& f : fields) {
       std::vector<int64_t> sizes{capacity};
       sizes.insert(sizes.end(), f.shape.begin(), f.shape.end());
-      auto t = at::empty(sizes, at::TensorOptions().dtype(scalar_type(f.dtype)).pinned_memory(pin));
+      auto t = at::empty(sizes, at::TensorOptions().dtype(scalar_type(f.dtype)));
       ptrs.push_back(static_cast<unsigned char*>(t.data_ptr()));
       out.push_back(t);
     }
@@ -59,7 +59,7 @@ struct Buffer : std::enable_shared_from_this<Buffer> {
 
   static std::shared_ptr<Buffer> create(const std::vector<std::string>& names, const std::vector<std::string>& dtypes,
                                         const std::vector<std::vector<int64_t>>& shapes, int64_t capacity,
-                                        const std::string& policy, bool pin) {
+                                        const std::string& policy) {
     if (names.size() != dtypes.size() || names.size() != shapes.size())
       throw BufferError("names, dtypes and shapes must have one entry per field");
     if (policy != "evict_oldest_round" && policy != "refuse")
@@ -70,18 +70,18 @@ struct Buffer : std::enable_shared_from_this<Buffer> {
     auto b = std::make_shared<Buffer>();
     std::vector<unsigned char*> ptrs;
     pgraft::validate_fields(fields);  // before any arena is allocated
-    b->arenas = make_arenas(fields, capacity, pin, ptrs);
+    b->arenas = make_arenas(fields, capacity, ptrs);
     b->core = std::make_unique<pgraft::TrajectoryBuffer>(
         fields, capacity, policy == "refuse" ? pgraft::FullPolicy::kRefuse : pgraft::FullPolicy::kEvictOldestRound,
         ptrs);
     return b;
   }
 
-  static std::shared_ptr<Buffer> load(const std::string& path, bool pin) {
+  static std::shared_ptr<Buffer> load(const std::string& path) {
     auto schema = pgraft::TrajectoryBuffer::read_schema(path);
     auto b = std::make_shared<Buffer>();
     std::vector<unsigned char*> ptrs;
-    b->arenas = make_arenas(schema->fields(), schema->capacity(), pin, ptrs);
+    b->arenas = make_arenas(schema->fields(), schema->capacity(), ptrs);
     b->core = std::make_unique<pgraft::TrajectoryBuffer>(schema->fields(), schema->capacity(), schema->policy(), ptrs);
     py::gil_scoped_release release;
     b->core->load_into(path);
@@ -173,8 +173,8 @@ void register_buffer(py::module& m) {
   py::register_exception<BufferError>(m, "BufferError", PyExc_ValueError);
   py::class_<Buffer, std::shared_ptr<Buffer>>(m, "TrajectoryBuffer")
       .def_static("create", &Buffer::create, py::arg("names"), py::arg("dtypes"), py::arg("shapes"),
-                  py::arg("capacity"), py::arg("policy"), py::arg("pin"))
-      .def_static("load", &Buffer::load, py::arg("path"), py::arg("pin"))
+                  py::arg("capacity"), py::arg("policy"))
+      .def_static("load", &Buffer::load, py::arg("path"))
       .def_static("open_mmap", &Buffer::open_mmap, py::arg("path"), py::arg("verify"))
       .def("append", &Buffer::append, py::arg("data"), py::arg("group"), py::arg("reward"), py::arg("round"),
            py::arg("rank"))

@@ -1,7 +1,11 @@
 """The trajectory buffer: the Python face of pgraft._C's C++ store (csrc/trajectory_buffer.*).
 
 Accepted rows — x_{N_I}, x_0, the condition, the reward, plus a group id, round and rank — live in
-one contiguous arena per field (pinned host memory when CUDA is present). The buffer appends
+one contiguous arena per field, in ordinary (pageable) host memory: torch's pinned allocator
+rounds every allocation up to a power of two and keeps it page-locked after it is freed, so
+pinned arenas of a round's chains (5.3 GB of DDPO states) held 8 GB of locked RAM per rank for
+good. What crosses to the GPU is each minibatch, gathered into one small pinned staging batch
+(when CUDA is present) that the iterator reuses. The buffer appends
 batches (thread-safe), selects per group over its stored rewards with the semantics of
 pgraft/kernels/select.py and compacts, iterates seeded shuffled minibatches into one preallocated
 batch, and saves/loads a checksummed file atomically (docs/buffer_format.md), or maps one
@@ -62,7 +66,7 @@ class TrajectoryBuffer:
             names.append(name)
             dtypes.append(DTYPES[dtype])
             shapes.append(list(shape))
-        self._c = _call(_C.TrajectoryBuffer.create, names, dtypes, shapes, capacity, full_policy, _pin())
+        self._c = _call(_C.TrajectoryBuffer.create, names, dtypes, shapes, capacity, full_policy)
 
     @classmethod
     def _wrap(cls, core) -> "TrajectoryBuffer":
@@ -73,7 +77,7 @@ class TrajectoryBuffer:
     @classmethod
     def load(cls, path: str | Path) -> "TrajectoryBuffer":
         """Load a saved buffer into RAM, verifying every checksum."""
-        return cls._wrap(_call(_C.TrajectoryBuffer.load, str(path), _pin(), file=True))
+        return cls._wrap(_call(_C.TrajectoryBuffer.load, str(path), file=True))
 
     @classmethod
     def open_mmap(cls, path: str | Path, verify: bool = True) -> "TrajectoryBuffer":
@@ -194,7 +198,9 @@ class TrajectoryBuffer:
         ranks (:func:`~pgraft.engine.distributed.shard_slice`) and only this rank's rows are
         gathered: data-parallel training over one replicated buffer. ``start`` skips the epoch's
         first batches (resuming mid-epoch). The yielded tensors are views of the batch (pinned
-        when CUDA is present): use or copy them before asking for the next one.
+        when CUDA is present): use or copy them before asking for the next one. A copy to the GPU
+        with ``non_blocking=True`` is fine: before the batch is refilled, the iterator waits for
+        the work queued on the current stream while it was out (an event, not a device sync).
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BufferError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -203,23 +209,24 @@ class TrajectoryBuffer:
             raise BufferError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
         perm = self._c.permutation(int(seed) & (2**64 - 1))
         schema = self.schema
-        pin = _pin()
+        pin = torch.cuda.is_available()
         rows = -(-batch_size // w)
         batch = {name: torch.empty((rows, *shape), dtype=dt, pin_memory=pin) for name, (shape, dt) in schema.items()}
+        consumed = torch.cuda.Event() if pin else None  # the consumer's copies out of the last batch
         stop = len(perm) - (len(perm) % batch_size if drop_last else 0)
         for first in range(start * batch_size, stop, batch_size):
             idx = perm[first : first + batch_size]
             lo, hi = shard_slice(idx.numel(), r, w)
+            if consumed is not None:
+                consumed.synchronize()  # an unrecorded event returns at once
             _call(self._c.gather, idx[lo:hi], [batch[name] for name in schema], max(1, int(threads)))
             yield {name: t[: hi - lo] for name, t in batch.items()}
+            if consumed is not None:
+                consumed.record()
 
     def _require_field(self, name: str) -> None:
         if name not in self.schema:
             raise BufferError(f"unknown field {name!r}; fields are {sorted(self.schema)}")
-
-
-def _pin() -> bool:
-    return torch.cuda.is_available()
 
 
 def _call(fn, *args, file: bool = False):

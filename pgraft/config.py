@@ -314,6 +314,12 @@ class SpeedConfig(_Strict):
     compile_training: bool = False  # the trained network's forward (its sampling then runs compiled too)
     threads: Optional[int] = Field(None, ge=1, le=1024)  # torch intra-op threads; None: torch's default
     cuda_graphs: bool = False  # CUDA graphs for the fixed-shape sampling loop (CUDA only)
+    # CUDA: TF32 tensor-core math for float32 convolutions and matrix products. Off: fp32 is IEEE
+    # fp32 (torch's own default leaves cuDNN convolutions on TF32), which PPO's ratio needs
+    tf32: bool = False
+    # CUDA: deterministic algorithms (slower; an op without one raises), so that a resumed or
+    # repeated GPU run reproduces bit for bit; the CPU is deterministic without it
+    deterministic: bool = False
 
 
 class PGraftConfig(_Strict):
@@ -348,6 +354,11 @@ class PGraftConfig(_Strict):
             raise ValueError(
                 f"speed.sample_precision=bf16: {self.algorithm} recomputes the rollout's log-probabilities "
                 "in float32; use auto or fp32"
+            )
+        if self.algorithm != "pgraft" and self.speed.tf32:
+            raise ValueError(
+                f"speed.tf32: {self.algorithm}'s PPO ratio needs IEEE float32 in the rollout and its "
+                "recomputation (TF32 rounding moves the first ratio by about the clip range)"
             )
         if self.n_i >= self.sampler.steps:
             raise ValueError(f"n_i={self.n_i} must lie in [0, sampler.steps={self.sampler.steps})")

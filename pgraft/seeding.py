@@ -13,5 +13,7 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
+def generator(*parts: object, device: torch.device | str | None = None) -> torch.Generator:
+    """A generator seeded by ``parts`` on ``device`` (default the CPU). Draws on a CUDA generator
+    stay on the GPU; its stream differs from the CPU's for the same seed."""
+    return torch.Generator(device=device or "cpu").manual_seed(derive_seed(*parts))

@@ -263,3 +263,19 @@ def test_integer_step_out_of_range_is_caught_before_any_kernel_runs():
     for bad in (-1, 10):
         with pytest.raises(ShapeError, match=rf"must lie in \[0, 10\), got {bad}"):
             denoise_step(x, x, bad, sched, x, backend="triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_longer_than_one_block_sum_their_log_probability_across_blocks(backend):
+    """2,500 float32 elements per row: three of the Triton step's 1,024-element blocks (two full,
+    one masked), whose partial Σz² meet in one atomic add per block."""
+    sched = Schedule.from_scheduler_config(DDPM_CFG, 20, "ddim", 1.0)
+    g = torch.Generator().manual_seed(8)
+    x, o, z = (torch.randn(3, 2500, generator=g) for _ in range(3))
+    for i in (0, 10, 18):
+        ref = denoise_step(x, o, i, sched, z, return_log_prob=True, backend="torch")
+        got = host(denoise_step(*to(backend, x, o), i, sched, *to(backend, z), return_log_prob=True, backend=backend))
+        # a few float32 ulps of values up to ~10: the C++ loop's fused multiply-adds round differently
+        torch.testing.assert_close(got.prev_sample, ref.prev_sample, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.pred_x0, ref.pred_x0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.log_prob, ref.log_prob, rtol=1e-6, atol=1e-3)

@@ -124,3 +124,14 @@ def test_the_extension_is_built_with_openmp():
     # Without -fopenmp, ATen's at::parallel_for compiles to a serial loop inside pgraft._C and
     # every fused CPU path silently runs on one thread (it did until setup.py passed the flag).
     assert _backend._C.openmp()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_of_rows_longer_than_one_block(backend):
+    """9,000 elements per row: more than the gather's largest block (4,096), so each row is
+    copied by several programs, the last one masked."""
+    gen = torch.Generator().manual_seed(3)
+    src, idx = to(backend, torch.randn(4, 9000, generator=gen), torch.tensor([3, 1, 3]))
+    dest = to(backend, torch.full((3, 9000), float("nan")))[0]
+    gather_rows(idx, src, out=[dest], backend=backend)
+    assert torch.equal(host(dest), host(src)[host(idx)])

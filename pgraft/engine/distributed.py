@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import os
 import socket
 import sys
@@ -92,6 +93,17 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
+def local_device() -> torch.device:
+    """This process's compute device, with its index: its local rank's GPU, or the CPU.
+
+    A bare ``"cuda"`` means whichever GPU is current in the calling thread, which is GPU 0 in any
+    thread that never set one (the reward worker's, for example); the engine passes this instead.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")
+
+
 def comm_device() -> torch.device:
     """Where collective tensors live: the current GPU under NCCL, the CPU under gloo."""
     if is_initialized() and dist.get_backend() == "nccl":
@@ -122,7 +134,8 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
         return t
     device = comm_device()
     row_shape, dtype = t.shape[1:], t.dtype
-    raw = t.detach().contiguous().view(torch.uint8).reshape(t.shape[0], -1).to(device)
+    row_bytes = math.prod(row_shape) * t.element_size()  # explicit: a rank may hold 0 rows
+    raw = t.detach().contiguous().view(torch.uint8).reshape(t.shape[0], row_bytes).to(device)
     n = torch.tensor([raw.shape[0]], device=device)
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
     dist.all_gather(sizes, n)

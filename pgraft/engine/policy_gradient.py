@@ -29,6 +29,7 @@ from torch import nn
 from ..config import PGraftConfig
 from ..models.schedule import COEFFICIENTS, HALF_LOG_2PI, Schedule
 from .advantages import PerConditionStats, group_advantages
+from .distributed import comm_device, world_size
 from .rollout import Rollout, network_outputs
 from .select import Acceptance
 from .train import TrainingData
@@ -93,6 +94,23 @@ def trainable_steps(schedule: Schedule) -> torch.Tensor:
     return torch.nonzero(schedule.coefficients[:, _COEF["sigma"]] > 0).flatten()
 
 
+def ppo_passes(schedule: Schedule, cfg: PGraftConfig) -> int:
+    """Trained sampler steps per trajectory: ddpo-pytorch's int(num_steps · timestep_fraction),
+    at least one (ours); one backward pass each."""
+    candidates = trainable_steps(schedule)
+    if candidates.numel() == 0:
+        raise ValueError("the sampler has no stochastic step: policy gradients need η > 0")
+    return max(1, int(candidates.numel() * cfg.pg.timestep_fraction))
+
+
+def _global_max(value: float) -> float:
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=comm_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t)
+
+
 class PPOObjective:
     """The PPO loss of a minibatch of stored trajectories: one pass per trained sampler step."""
 
@@ -106,13 +124,14 @@ class PPOObjective:
     ):
         self.cfg, self.pg, self.null_label, self.reference = cfg, cfg.pg, null_label, reference
         self.schedule, self.device = schedule, device
+        self.passes = ppo_passes(schedule, cfg)
         self.candidates = trainable_steps(schedule)
-        if self.candidates.numel() == 0:
-            raise ValueError("the sampler has no stochastic step: policy gradients need η > 0")
-        # ddpo-pytorch: int(num_steps · timestep_fraction); at least one step (ours)
-        self.passes = max(1, int(self.candidates.numel() * self.pg.timestep_fraction))
         self.table = schedule.table(device)
         self.timesteps = schedule.timesteps.to(device)
+        # max |ρ − 1| over the global batch in a round's first pass, before any update: the rollout's
+        # and the recomputation's log-probabilities agree to rounding, so ρ is 1 up to it (TF32 or
+        # bf16 in either makes it drift by about the clip range: the PPO ratio's health check)
+        self.first_ratio_dev: float | None = None
 
     def forward_rows(self, n: int) -> int:
         """Network row-forwards per pass (CFG doubles them; the KL term adds the reference's)."""
@@ -144,7 +163,10 @@ class PPOObjective:
             )
             log_prob = transition_log_prob(x_prev, mean, step, self.table, reduction)
             old_lp = old[rows, step] / (d if reduction == "mean" else 1)
-            loss = ppo_clip_loss(torch.exp(log_prob - old_lp), adv, self.pg.clip_range)
+            ratio = torch.exp(log_prob - old_lp)
+            if self.first_ratio_dev is None:
+                self.first_ratio_dev = _global_max(float((ratio.detach() - 1).abs().max()))
+            loss = ppo_clip_loss(ratio, adv, self.pg.clip_range)
             if self.pg.kl_coef > 0:
                 with torch.no_grad():
                     ref_out = guided_output(self.reference, x_t, t, cond, guidance, self.null_label)
@@ -158,6 +180,10 @@ class PolicyGradient:
 
     record = True  # the rollout keeps whole chains and their log-probabilities
     needs_samples = False
+
+    @staticmethod
+    def passes_for(cfg: PGraftConfig, schedule: Schedule) -> int:
+        return ppo_passes(schedule, cfg)
 
     def __init__(self, cfg: PGraftConfig, schedule: Schedule, null_label: int | None, reference, device):
         self.cfg = cfg
@@ -188,7 +214,13 @@ class PolicyGradient:
         return Acceptance(keep, {"advantage": adv[keep].float()}, invalid)
 
     def training_data(self, buffer, schedule: Schedule) -> TrainingData:
+        self.objective.first_ratio_dev = None  # a new round's (or a resumed round's) first pass
         return TrainingData(buffer=buffer, field="states", objective=self.objective)
+
+    def diagnostics(self) -> dict:
+        """What a round's log records of the learner: the first PPO ratio's deviation from 1."""
+        dev = self.objective.first_ratio_dev
+        return {} if dev is None else {"first_ratio_dev": dev}
 
     def steps_per_round(self, rows: int, global_batch: int) -> int:
         """Optimizer steps that make ``inner_epochs`` passes over ``rows`` trajectories."""

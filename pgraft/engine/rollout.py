@@ -77,19 +77,25 @@ def run_chain(
         raise ValueError("guidance_scale != 1 needs the model's null label")
     if chain is not None and start_state != steps:
         raise ValueError("chain records whole chains: start_state must be the sampler's first state")
+    if generator.device.type != x.device.type:
+        raise ValueError(f"the noise generator is on {generator.device} and the chain on {x.device}: "
+                         "draw the noise where the chain runs (pgraft.seeding.generator(..., device=))")  # fmt: skip
+    # Everything a step reads lives on the chain's device: no host-to-device copy inside the loop
+    # (each would block the CPU until the GPU caught up, and break CUDA graph capture).
+    timesteps, step_ids = schedule.timesteps_on(x.device), schedule.step_ids(x.device)
     for step in range(steps - start_state, steps):
         model = policy.model_for_step(step, steps)
-        t = schedule.timesteps[step].expand(x.shape[0]).to(x.device)
+        t = timesteps[step].expand(x.shape[0])
         if chain is not None:
             chain[:, step].copy_(x)
         with phase("sample.forward"):
             out, uncond = network_outputs(model, x, t, cond, guidance_scale, null_label)
         with phase("sample.step"):
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32, device=x.device).to(x.dtype)
             stepped = denoise_step(
                 x,
                 out,
-                step,
+                step_ids[step],
                 schedule,
                 noise,
                 uncond_output=uncond,
@@ -132,8 +138,9 @@ def rollout(
 
     ``seed`` is a tuple of seed parts (:func:`pgraft.seeding.derive_seed`); with ``shard`` this
     rank samples only its share of the chunks, and the result's ``start`` says where it begins.
-    Noise is drawn on the CPU (reproducible everywhere) and sampling runs on ``device`` (default:
-    the CPU); x_0 and x_{N_I} come back on that device. ``on_chunk(x0, cond)`` is called as each
+    Sampling runs on ``device`` (default: the CPU) and draws its noise there, from a generator per
+    chunk on that device: a CPU run is reproducible on any CPU, a CUDA run on any GPU (CUDA's
+    stream is not the CPU's). x_0 and x_{N_I} come back on that device. ``on_chunk(x0, cond)`` is called as each
     chunk finishes (the reward pipeline scores it while the next chunk samples). ``record`` keeps
     every state of the chain and every step's log-probability (policy-gradient training).
     """
@@ -144,9 +151,9 @@ def rollout(
     log_prob = torch.empty((stop - start, steps), device=device) if record else None
     chunks = range(start, stop, batch_size)
     for lo in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        gen = generator(*seed, "chunk", lo // batch_size)
+        gen = generator(*seed, "chunk", lo // batch_size, device=device)
         c = cond[lo : min(lo + batch_size, stop)]
-        x = torch.randn((c.shape[0], *sample_shape), generator=gen).to(device or "cpu")
+        x = torch.randn((c.shape[0], *sample_shape), generator=gen, device=device)
         log_probs = [] if record else None
         rows = slice(lo - start, lo - start + c.shape[0])
         x0, kept = run_chain(

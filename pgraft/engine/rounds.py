@@ -42,7 +42,7 @@ from .phases import phase
 from .policy_gradient import PolicyGradient
 from .rollout import Rollout, rollout
 from .select import Acceptance, select
-from .speed import FastPolicies, apply_threads
+from .speed import FastPolicies, apply_float32_math, apply_threads
 from .train import DenoisingTrainer, TrainingData, make_trainable
 
 log = logging.getLogger("pgraft")
@@ -62,6 +62,8 @@ class RoundLog:
     rollout_forward: int = 0
     train_forward: int = 0
     train_backward: int = 0
+    # policy-gradient learners: max |ρ − 1| in the round's first PPO pass (rounding-level when healthy)
+    first_ratio_dev: float | None = None
 
 
 @dataclass
@@ -95,6 +97,11 @@ class RejectionSampling:
     record = False
     passes = 1
 
+    @staticmethod
+    def passes_for(cfg: PGraftConfig, schedule: Schedule) -> int:
+        """Backward passes per minibatch (the DeepSpeed engine is built for them before the learner)."""
+        return 1
+
     def __init__(self, cfg: PGraftConfig, seed: int):
         self.cfg, self.seed = cfg, seed
         self.needs_samples = cfg.select.rule == "dedup"
@@ -116,6 +123,9 @@ class RejectionSampling:
 
     def steps_per_round(self, rows: int, global_batch: int) -> int:
         return self.cfg.train.steps_per_round
+
+    def diagnostics(self) -> dict:
+        return {}
 
     def state_dict(self) -> dict:
         return {}
@@ -185,21 +195,25 @@ class PGraftLoop:
             raise ValueError(f"{cfg.algorithm} is on-policy: it trains on its own round only (keep_rounds=1)")
         self._adapter_off: AdapterOff | None = None  # LoRA: the base seen through the trained model
         self.model = make_trainable(base, cfg.train, cfg.seed)
+        learner = RejectionSampling if cfg.algorithm == "pgraft" else PolicyGradient
+        self.trainer = DenoisingTrainer(
+            self.model, self.schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed,
+            timeout_s=timeout_s, passes=learner.passes_for(cfg, self.schedule), speed=cfg.speed,
+        )  # fmt: skip
+        # One device, decided by the engine that trains (DeepSpeed moved the network there): every
+        # table, minibatch and frozen network the rounds touch is placed from it, never from where
+        # a module happened to be before the engine existed.
+        self.device = self.trainer.device
+        self.base = base.to(self.device)  # the frozen base samples below N_I beside the trained network
         if cfg.algorithm == "pgraft":
             self.learner = RejectionSampling(cfg, cfg.seed)
         else:
-            device = next(self.model.parameters()).device
             reference = self._base_view(self.model) if cfg.pg.kl_coef > 0 else None
-            self.learner = PolicyGradient(cfg, self.schedule, null_label, reference, device)
-        self.trainer = DenoisingTrainer(
-            self.model, self.schedule.alphas_cumprod, cfg.train, null_label=null_label, seed=cfg.seed,
-            timeout_s=timeout_s, passes=self.learner.passes, speed=cfg.speed,
-        )  # fmt: skip
-        self.device = self.trainer.device
+            self.learner = PolicyGradient(cfg, self.schedule, null_label, reference, self.device)
         apply_threads(cfg.speed)
+        apply_float32_math(cfg.speed)
         # the rollout runs the policy as method.speed asks; evaluation (self.policy()) runs it plain
         self.fast = FastPolicies(cfg.speed, self.device, scores_only=not self.learner.record)
-        self.base = base.to(self.device)  # the frozen base samples below N_I beside the trained network
         self.progress = progress and rank() == 0
         # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
         # before each append, so a full buffer would be a bug: refuse rather than evict silently.
@@ -309,6 +323,8 @@ class PGraftLoop:
         st = self.state
         st.step += 1
         st.losses.append(loss)
+        for key, value in self.learner.diagnostics().items():  # the round's first value is kept
+            st.partial.setdefault(key, value)
         tr = self.trainer
         st.passes = [st.passes[0] + tr.rows_forward - self._rows[0], st.passes[1] + tr.rows_backward - self._rows[1]]
         self._rows = (tr.rows_forward, tr.rows_backward)

@@ -12,6 +12,7 @@ The rollout sees its denoisers through :class:`FastDenoiser`; the trainer reads 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -23,10 +24,13 @@ from .compose import Composed, Policy, Single
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 matrix products natively: a CUDA GPU that supports
-    bf16, or a CPU with AMX or AVX512-BF16 (without them oneDNN emulates bf16, slower than fp32)."""
+    """Whether ``device`` computes bfloat16 matrix products natively: a CUDA GPU of compute
+    capability 8.0 or later (Ampere on; torch.cuda.is_bf16_supported() also says yes where it is
+    only emulated, on Volta and Turing), or a CPU with AMX or AVX512-BF16 (without them oneDNN
+    emulates bf16, slower than fp32)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_capability(index) >= (8, 0)
     if device.type != "cpu":
         return False
     caps = torch._C._cpu._get_cpu_capability()
@@ -62,6 +66,32 @@ def apply_threads(speed: SpeedConfig) -> None:
         torch.set_num_threads(speed.threads)
 
 
+def apply_float32_math(speed: SpeedConfig) -> None:
+    """What float32 means on CUDA (process-wide flags; no effect on the CPU).
+
+    torch runs cuDNN's float32 convolutions in TF32 (10-bit mantissa) unless told otherwise, so an
+    "fp32" rollout and PPO's recomputation of its log-probabilities would differ by TF32 rounding,
+    which the ratio exp(log p_new - log p_old) amplifies to about the clip range. ``speed.tf32``
+    off (the default) makes fp32 IEEE fp32 for convolutions and matrix products. ``speed.
+    deterministic`` asks for deterministic CUDA algorithms (and cuBLAS's fixed workspace), without
+    which cuDNN/cuBLAS reductions may change between runs and a resumed run is equal only to
+    rounding; it errs on an op that has no deterministic implementation.
+    """
+    torch.backends.cudnn.allow_tf32 = speed.tf32
+    torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+    if speed.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
+
+
+def low_precision(module: nn.Module, device: torch.device) -> bool:
+    """Whether ``module`` computes in 16 bits on ``device``: 16-bit weights, or autocast on."""
+    return torch.is_autocast_enabled(device.type) or any(
+        p.dtype in (torch.bfloat16, torch.float16) for p in module.parameters()
+    )
+
+
 def channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
     """A forward pre-hook: 4-D tensor arguments in channels-last layout (values unchanged), so
     every convolution runs NHWC. The weights keep their layout: DeepSpeed broadcasts and
@@ -83,7 +113,8 @@ class VerifiedCompile:
     The first call in each autograd mode runs the compiled and the eager forward on that call's
     inputs: their outputs must agree, and in a call that records gradients (training; with
     ``gradients``) so must the gradients of the output's mean square with respect to every
-    trainable parameter of ``module``, to 1e-3 relative (5e-2 under bf16/fp16 autocast).
+    trainable parameter of ``module``, to 1e-3 relative (5e-2 for a module with 16-bit weights or
+    under bf16/fp16 autocast: eager and compiled kernels round 16-bit values differently).
     Otherwise the call raises ConfigError with the measured difference. Why: with torch 2.13's
     inductor on the CPU, a compiled diffusers UNet2DModel gives the eager outputs but zero
     gradients for every weight upstream of its first UpBlock2D (docs/kernels.md, "A whole round"):
@@ -104,7 +135,7 @@ class VerifiedCompile:
         return self.compiled(*args, **kwargs)
 
     def check(self, args: tuple, kwargs: dict, gradients: bool) -> None:
-        tol = 5e-2 if torch.is_autocast_enabled(args[0].device.type) else 1e-3
+        tol = 5e-2 if low_precision(self.module, args[0].device) else 1e-3
         params = [p for p in self.module.parameters() if p.requires_grad] if gradients else []
         out_eager, out_compiled = self.eager(*args, **kwargs), self.compiled(*args, **kwargs)
         diffs = {"outputs": relative_difference(out_compiled, out_eager)}
@@ -122,8 +153,9 @@ class VerifiedCompile:
 
 def relative_difference(value: torch.Tensor, reference: torch.Tensor) -> float:
     """‖value − reference‖ / ‖reference‖ (‖value‖ when the reference is zero)."""
-    scale = float(reference.float().norm())
-    diff = float((value.float() - reference.float()).norm())
+    value, reference = value.detach().float(), reference.detach().float()
+    scale = float(reference.norm())
+    diff = float((value - reference).norm())
     return diff / scale if scale > 0 else diff
 
 

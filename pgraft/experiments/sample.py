@@ -13,6 +13,7 @@ import torch
 
 from ..config import TrainConfig, TrainRunConfig, load
 from ..engine.compose import AdapterOff, Composed
+from ..engine.distributed import local_device
 from ..engine.rollout import rollout
 from ..engine.train import make_trainable
 from ..errors import ConfigError
@@ -53,10 +54,8 @@ def run_sample(run_dir: str | Path, prompt: str, num: int, seed: int, out: str |
     if cfg.stable_diffusion is None:
         raise ConfigError(f"{run_dir} is not a Stable Diffusion run; `pgraft sample` reproduces those")
     sd_cfg, m = cfg.stable_diffusion, cfg.method
-    device = "cuda" if torch.cuda.is_available() else None
-    sd = load_stable_diffusion(
-        sd_cfg.path, [prompt], negative_prompt=sd_cfg.negative_prompt, dtype=DTYPES[sd_cfg.dtype], device=device
-    )
+    device, dtype = local_device(), DTYPES[sd_cfg.dtype]
+    sd = load_stable_diffusion(sd_cfg.path, [prompt], negative_prompt=sd_cfg.negative_prompt, dtype=dtype, device=device)
     lora, full = run_dir / "models" / "lora", run_dir / "models" / "pipeline"
     if lora.is_dir():
         n_i = read_meta(lora)["n_i"]
@@ -66,10 +65,11 @@ def run_sample(run_dir: str | Path, prompt: str, num: int, seed: int, out: str |
         from diffusers import UNet2DConditionModel
 
         n_i = read_meta(full)["n_i"]
-        unet = UNet2DConditionModel.from_pretrained(full, subfolder="unet", local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(full, subfolder="unet", torch_dtype=dtype, local_files_only=True)
         d = sd.denoiser
-        tuned = TextConditionalUNet(unet.eval(), d.prompt_embeds, None, d.prediction_type, d.scheduler_config)
-        policy = Composed(tuned.to(d.prompt_embeds.device), d, n_i)
+        unet = unet.eval().requires_grad_(False).to(device)  # beside the base, in the run's dtype
+        tuned = TextConditionalUNet(unet, d.prompt_embeds, None, d.prediction_type, d.scheduler_config)
+        policy = Composed(tuned, d, n_i)
     else:
         raise ConfigError(f"{run_dir}/models holds neither lora/ nor pipeline/: was the run finished?")
     s = m.sampler

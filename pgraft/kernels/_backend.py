@@ -8,6 +8,7 @@ TRITON_INTERPRET=1 (the tests), and forcing ``cpp`` needs the extension.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Literal
 
@@ -23,6 +24,15 @@ try:
 except ImportError:  # a source tree that was not built: the torch reference serves the CPU
     _C = None
     HAVE_CPP = False
+
+
+def launch_device(t: torch.Tensor):
+    """The context a Triton launch runs in: the tensor's own GPU made current.
+
+    Triton launches on the *current* CUDA device, so tensors on cuda:1 while cuda:0 is current
+    would be read through the wrong context; a kernel launches where its inputs live.
+    """
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def interpreting() -> bool:

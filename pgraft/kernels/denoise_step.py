@@ -165,14 +165,19 @@ def _step_triton(x, o, u, z, steps, table, guidance, clip, prev, x0, want_sumsq)
     if b == 0 or row_len == 0:
         return sumsq
     grid = (b, triton.cdiv(row_len, block))
+    with _backend.launch_device(x):
+        _launch_step(grid, x, o, u, z, steps, table, guidance, clip, prev, x0, sumsq, row_len, block)
+    return sumsq
+
+
+def _launch_step(grid, x, o, u, z, steps, table, guidance, clip, prev, x0, sumsq, row_len, block):
     _denoise_step_kernel[grid](
         x, o, u if u is not None else x, z if z is not None else x, steps, table, prev,
         x0 if x0 is not None else prev, sumsq if sumsq is not None else table,
         row_len, float(guidance), float(clip if clip is not None else 0.0),
         HAS_U=u is not None, HAS_Z=z is not None, CLIP=clip is not None, WRITE_X0=x0 is not None,
-        WRITE_SUMSQ=want_sumsq, NCOEF=NCOEF, BLOCK=block,
+        WRITE_SUMSQ=sumsq is not None, NCOEF=NCOEF, BLOCK=block,
     )  # fmt: skip
-    return sumsq
 
 
 def _log_prob(sumsq, table, steps, row_len):

@@ -135,7 +135,9 @@ def _topk_triton(rewards, valid, k):
     counts = torch.empty(g, dtype=torch.int64, device=rewards.device)
     if g:
         r = rewards.contiguous() if rewards.dtype != torch.float64 else rewards.float().contiguous()
-        _topk_kernel[(g,)](r, valid.to(torch.int8).contiguous(), idx, counts, m, k, BLOCK_M=triton.next_power_of_2(m))
+        v = valid.to(torch.int8).contiguous()
+        with _backend.launch_device(r):
+            _topk_kernel[(g,)](r, v, idx, counts, m, k, BLOCK_M=triton.next_power_of_2(m))
     return idx, counts
 
 
@@ -153,7 +155,8 @@ def _gather_triton(t, indices, out):
     row_len = t[0].numel() if t.shape[0] else 0
     if indices.numel() and row_len:
         block = min(4096, triton.next_power_of_2(row_len))
-        _gather_kernel[(indices.numel(), triton.cdiv(row_len, block))](t, indices, out, row_len, BLOCK=block)
+        with _backend.launch_device(t):
+            _gather_kernel[(indices.numel(), triton.cdiv(row_len, block))](t, indices, out, row_len, BLOCK=block)
     return out
 
 

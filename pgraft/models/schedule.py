@@ -66,6 +66,20 @@ class Schedule:
             self._tables[key] = self.coefficients.to(device=device, dtype=torch.float32).contiguous()
         return self._tables[key]
 
+    def timesteps_on(self, device: torch.device | str) -> torch.Tensor:
+        """The model timesteps on ``device`` (copied once per device, not once per step)."""
+        key = ("timesteps", str(torch.device(device)))
+        if key not in self._tables:
+            self._tables[key] = self.timesteps.to(device)
+        return self._tables[key]
+
+    def step_ids(self, device: torch.device | str) -> torch.Tensor:
+        """0..S-1 as int64 on ``device``: a step's index as a device tensor, for the fused step."""
+        key = ("step_ids", str(torch.device(device)))
+        if key not in self._tables:
+            self._tables[key] = torch.arange(self.steps, device=device)
+        return self._tables[key]
+
     def state_timestep(self, n: int) -> int:
         """Training timestep of state x_n (n in [1, S]); the level s of P-GRAFT for n = N_I."""
         if not 1 <= n <= self.steps:

@@ -106,6 +106,7 @@ def load_stable_diffusion(
             module.to(device)
     _choose_attention(unet, attention)
     embeds = encode_prompts(text_encoder, tokenizer, [*prompts, negative_prompt])
+    # built around the placed UNet, so its prompt table is on the UNet's device too
     denoiser = TextConditionalUNet(
         unet, embeds, None, scheduler_config.get("prediction_type", "epsilon"), scheduler_config
     )

@@ -41,9 +41,13 @@ class TextConditionalUNet(nn.Module):
     ):
         super().__init__()
         self.unet = unet
-        self.register_buffer("prompt_embeds", prompt_embeds.float())  # [P, L, D]; row P-1: null prompt
+        # The prompt table lives where the UNet does, whatever device the embeddings were computed
+        # on: a denoiser built around a UNet already on a GPU is whole on that GPU.
+        device = next(unet.parameters()).device
+        self.register_buffer("prompt_embeds", prompt_embeds.float().to(device))  # [P, L, D]; row P-1: null prompt
         self.prompt_mask: torch.Tensor | None
-        self.register_buffer("prompt_mask", None if prompt_mask is None else prompt_mask.bool())  # [P, L]
+        mask = None if prompt_mask is None else prompt_mask.bool().to(device)
+        self.register_buffer("prompt_mask", mask)  # [P, L]
         self.prediction_type = prediction_type
         self.scheduler_config = dict(scheduler_config)
 

@@ -13,6 +13,12 @@ from ..engine.phases import phase
 from .base import RewardFn, score
 
 
+def _worker_init(gpu: int | None) -> None:
+    torch.set_num_threads(1)
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
+
+
 class OverlappedScorer:
     """``submit`` chunks in order, then ``results()``: (images, rewards) of every chunk, concatenated."""
 
@@ -22,8 +28,11 @@ class OverlappedScorer:
         # torch's default it would start a second team of busy-waiting threads beside the
         # sampler's, and on 2 cores the rollout took 1.39x as long as sampling and then scoring
         # (benches/bench_overlap.py, docs/kernels.md "A busy core").
+        # The worker also makes the caller's GPU its current device: CUDA's current device is per
+        # thread, so a reward model that allocates on "cuda" would land on GPU 0 from every rank.
+        gpu = torch.cuda.current_device() if torch.cuda.is_available() else None
         self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="pgraft-reward", initializer=torch.set_num_threads, initargs=(1,)
+            max_workers=1, thread_name_prefix="pgraft-reward", initializer=_worker_init, initargs=(gpu,)
         )
         self._futures: list[Future] = []
 

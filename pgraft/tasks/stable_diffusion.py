@@ -9,6 +9,7 @@ import time
 import torch
 
 from ..config import StableDiffusionConfig, TrainRunConfig
+from ..engine.distributed import local_device
 from ..models.stable_diffusion import load_stable_diffusion
 from ..prompts import load_prompts, split_prompts
 from ..rewards.build import build_reward
@@ -27,7 +28,7 @@ def prepare_sd_task(cfg: TrainRunConfig):
     else:
         train, held_out = split_prompts(prompts, sd_cfg.eval_fraction, cfg.method.seed)
     texts = [p.text for p in train + held_out]  # condition id i ↔ texts[i]; the negative prompt is last
-    device = "cuda" if torch.cuda.is_available() else None
+    device = local_device()  # this rank's GPU (with its index: the reward's worker thread needs it) or the CPU
     sd = load_stable_diffusion(
         sd_cfg.path,
         texts,
