@@ -55,7 +55,9 @@ def run_sample(run_dir: str | Path, prompt: str, num: int, seed: int, out: str |
         raise ConfigError(f"{run_dir} is not a Stable Diffusion run; `pgraft sample` reproduces those")
     sd_cfg, m = cfg.stable_diffusion, cfg.method
     device, dtype = local_device(), DTYPES[sd_cfg.dtype]
-    sd = load_stable_diffusion(sd_cfg.path, [prompt], negative_prompt=sd_cfg.negative_prompt, dtype=dtype, device=device)
+    sd = load_stable_diffusion(
+        sd_cfg.path, [prompt], negative_prompt=sd_cfg.negative_prompt, dtype=dtype, device=device
+    )
     lora, full = run_dir / "models" / "lora", run_dir / "models" / "pipeline"
     if lora.is_dir():
         n_i = read_meta(lora)["n_i"]
