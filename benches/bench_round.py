@@ -26,7 +26,7 @@ refuses (say, torch.compile of a network whose compiled gradients are wrong) is 
 reason. Options that change the precision change the samples slightly, so rows are matched to
 0.02 RMS (bf16 sampling moves a sample by ~0.002; distinct samples lie ~0.5 apart).
 
-    python benches/bench_round.py [--quick] [--ablate] [--tasks digits animals sd_tiny] [--sd-latent 16]
+    python benches/bench_round.py [--quick] [--ablate | --variants cuda_graphs ...] [--tasks digits animals sd_tiny] [--sd-latent 16]
                                   [--guidance 1] [--reps 3] [--profile]
 
 On a GPU the engine and the naive loop both run there, and each round records the GPU's mean
@@ -334,10 +334,11 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler summary per task")
     ap.add_argument("--ablate", action="store_true", help="also run each speed option one step from the defaults")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS)[1:], help="also run only these options")
     args = ap.parse_args()
     cfg = work(args.quick, args.guidance)
     reps = 1 if args.quick else args.reps
-    variants = list(VARIANTS) if args.ablate else ["pgraft"]
+    variants = list(VARIANTS) if args.ablate else ["pgraft", *(args.variants or [])]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where DeepSpeed trains
     rows, tasks, scratch = [], {}, tempfile.TemporaryDirectory()
     for name in args.tasks:
@@ -365,7 +366,7 @@ def main() -> None:
         "reps": reps,
         "threads": torch.get_num_threads(),
     }
-    name = "round_ablate" if args.ablate else "round"
+    name = "round_ablate" if args.ablate else "_".join(["round", *(args.variants or [])])
     if args.tasks != ["digits", "animals"]:  # another task set: its own files beside the default ones
         name += "_" + "_".join(args.tasks)
     folder = report(name, device, rows, columns, meta)

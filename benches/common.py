@@ -12,7 +12,6 @@ import ctypes
 import ctypes.util
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from pgraft.machine import cpu_model
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -30,18 +31,8 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         raw = torch.cuda.get_device_name(device)
     else:
-        raw = _cpu_model() + f"-{os.cpu_count()}cpu"
+        raw = cpu_model() + f"-{os.cpu_count()}cpu"
     return re.sub(r"[^a-z0-9]+", "-", raw.lower()).strip("-")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def sync(device: torch.device) -> None:
@@ -214,8 +205,10 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(fmt(r.get(c, "")).rjust(w) for c, w in zip(columns, widths)))
 
 
-def write_results(name: str, device: torch.device, rows: list[dict], meta: dict) -> Path:
-    out = ROOT / "results" / device_name(device)
+def write_results(name: str, device: torch.device, rows: list[dict], meta: dict, folder: str | None = None) -> Path:
+    """``<name>.csv`` and ``.json`` under benches/results/<folder> (default: the device's name)."""
+    # PGRAFT_BENCH_RESULTS: another root (the GPU check's CPU rehearsal leaves the committed results alone)
+    out = Path(os.environ.get("PGRAFT_BENCH_RESULTS", ROOT / "results")) / (folder or device_name(device))
     out.mkdir(parents=True, exist_ok=True)
     columns = list(rows[0].keys())
     with open(out / f"{name}.csv", "w", newline="") as fh:

@@ -135,3 +135,54 @@ def test_device_tables_are_built_once_per_device(tiny_unet):
     sched = Schedule.from_scheduler_config(tiny_unet.scheduler_config, 4, "ddim", 1.0)
     assert sched.timesteps_on("cpu") is sched.timesteps_on(torch.device("cpu"))
     assert sched.step_ids("cpu").tolist() == [0, 1, 2, 3] and sched.step_ids("cpu") is sched.step_ids("cpu")
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benches/gpu_check.sh runs it)")
+
+
+def _host_to_device_copies(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up: the schedule's device tables are built once per device
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if "Memcpy HtoD" in e.name)
+
+
+@CUDA
+def test_the_sampler_loop_copies_nothing_from_the_host_per_step(tiny_unet):
+    """Host-to-device copies per chunk do not grow with the number of sampler steps."""
+    from pgraft.engine.compose import Single
+    from pgraft.engine.rollout import rollout
+    from pgraft.models.schedule import Schedule
+
+    model = tiny_unet.to("cuda")
+    conds = torch.arange(3).repeat_interleave(4)
+    counts = {}
+    for steps in (4, 12):
+        sched = Schedule.from_scheduler_config(model.scheduler_config, steps, "ddim", 1.0)
+        counts[steps] = _host_to_device_copies(
+            lambda: rollout(Single(model), sched, conds, (1, 8, 8), (0, "h2d"), device="cuda", record=True)  # noqa: B023
+        )
+    assert counts[12] == counts[4], counts
+
+
+@CUDA
+def test_kernels_launch_on_the_gpu_of_their_tensors():
+    """With another GPU current, the step and the gather still run (and write) where their inputs are."""
+    from pgraft.kernels.denoise_step import denoise_step
+    from pgraft.kernels.select import gather_rows
+    from pgraft.models.schedule import Schedule
+
+    last = torch.device("cuda", torch.cuda.device_count() - 1)
+    sched = Schedule.from_scheduler_config({"num_train_timesteps": 1000}, 10, "ddim", 1.0)
+    x, o, z = (torch.randn(4, 3000, device=last) for _ in range(3))
+    with torch.cuda.device(0):
+        got = denoise_step(x, o, 3, sched, z, return_log_prob=True, backend="triton")
+        rows = gather_rows(torch.tensor([2, 0], device=last), x, backend="triton")[0]
+    ref = denoise_step(x.cpu(), o.cpu(), 3, sched, z.cpu(), return_log_prob=True, backend="torch")
+    assert got.prev_sample.device == last and rows.device == last
+    torch.testing.assert_close(got.prev_sample.cpu(), ref.prev_sample, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rows.cpu(), x.cpu()[[2, 0]])

@@ -151,12 +151,21 @@ def _gather_kernel(src_ptr, idx_ptr, dst_ptr, row_len, BLOCK: tl.constexpr):
     tl.store(dst_ptr + row.to(tl.int64) * row_len + offs, vals, mask=mask)
 
 
+# a block is at most 4,096 elements and 16 KiB: with 8 warps, at most 16 elements and 64 bytes
+# (four 128-bit accesses) per thread, which keeps every dtype within the register budget
+GATHER_BLOCK, GATHER_BLOCK_BYTES = 4096, 16384
+
+
 def _gather_triton(t, indices, out):
     row_len = t[0].numel() if t.shape[0] else 0
     if indices.numel() and row_len:
-        block = min(4096, triton.next_power_of_2(row_len))
+        block = min(GATHER_BLOCK, GATHER_BLOCK_BYTES // t.element_size(), triton.next_power_of_2(row_len))
+        # as many warps as give every thread whole 16-byte accesses (Triton's default of 4 warps
+        # left 256-float rows on 64-bit accesses: the compile gate, pgraft/kernels/aot.py)
+        warps = max(1, min(8, block * t.element_size() // (16 * 32)))
+        grid = (indices.numel(), triton.cdiv(row_len, block))
         with _backend.launch_device(t):
-            _gather_kernel[(indices.numel(), triton.cdiv(row_len, block))](t, indices, out, row_len, BLOCK=block)
+            _gather_kernel[grid](t, indices, out, row_len, BLOCK=block, num_warps=warps)
     return out
 
 
