@@ -26,8 +26,8 @@ refuses (say, torch.compile of a network whose compiled gradients are wrong) is 
 reason. Options that change the precision change the samples slightly, so rows are matched to
 0.02 RMS (bf16 sampling moves a sample by ~0.002; distinct samples lie ~0.5 apart).
 
-    python benches/bench_round.py [--quick] [--ablate | --variants cuda_graphs ...] [--tasks digits animals sd_tiny] [--sd-latent 16]
-                                  [--guidance 1] [--reps 3] [--profile]
+    python benches/bench_round.py [--quick] [--ablate | --variants cuda_graphs ...]
+        [--tasks digits animals sd_tiny] [--sd-latent 16] [--guidance 1] [--reps 3] [--profile]
 
 On a GPU the engine and the naive loop both run there, and each round records the GPU's mean
 utilisation and peak memory (nvidia-ml-py, sampled every 50 ms).

@@ -64,7 +64,7 @@ def test_unaligned_rows_compile_to_narrower_accesses(compiled):
         assert c.load_bits < 128 and c.store_bits < 128, (c.kernel, c.variant, c.load_bits, c.store_bits)
 
 
-BROKEN = '''
+BROKEN = """
 import triton
 import triton.language as tl
 
@@ -95,7 +95,7 @@ def register_hungry(src, dst, n, BLOCK: tl.constexpr):  # 64 floats live per thr
 def does_not_compile(src, dst, n, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     tl.store(dst + offs, tl.load(src + offs) @ tl.load(src + offs))  # a 1-D tl.dot: refused
-'''
+"""
 
 
 def test_the_gate_refuses_broken_kernels(tmp_path):

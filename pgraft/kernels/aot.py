@@ -172,7 +172,8 @@ def parse_ptxas(report: str) -> dict:
     m = _PTXAS.search(report)
     if m is None:
         raise RuntimeError(f"no register report in ptxas -v output: {report[-300:]}")
-    return {"registers": int(m["regs"]), "spill_bytes": int(m["stores"]) + int(m["loads"]), "stack_bytes": int(m["stack"])}
+    spills = int(m["stores"]) + int(m["loads"])
+    return {"registers": int(m["regs"]), "spill_bytes": spills, "stack_bytes": int(m["stack"])}
 
 
 def memory_widths(ptx: str) -> tuple[int, int, int]:
