@@ -1,5 +1,6 @@
 # Set-up and entry points. Every target creates .venv on first use (CPU torch 2.13.0 from the
-X
+# machine's local wheel, then pgraft in editable mode without build isolation, with the exact CPU
+# stack of constraints-cpu.txt; docs/development.md).
 PY ?= python3
 VENV ?= .venv
 PIP := $(VENV)/bin/pip

@@ -121,6 +121,9 @@ step sd_sample 120 $PY -m pytest -q -p no:cacheprovider -x \
 
 # --- whole rounds against the naive loop, CUDA graphs off and on (refused, and said so, on a CPU) -----
 step bench_round 150 $PY benches/bench_round.py --quick --tasks digits --variants cuda_graphs
+# a tiny random-initialised SD of the real architecture at SD 1.x's 64x64 latents, CFG 5 (last: the
+# first step the deadline drops)
+step bench_round_sd 90 $PY benches/bench_round.py --quick --tasks sd_tiny --sd-latent $([ $REHEARSAL = 1 ] && echo 16 || echo 64) --guidance 5
 
 pack
 echo "=== done in $((SECONDS - START)) s; failed steps: $FAILED; results: $OUT/results.tgz, $OUT/steps.tsv"
