@@ -188,7 +188,6 @@ class PolicyGradient:
     def __init__(self, cfg: PGraftConfig, schedule: Schedule, null_label: int | None, reference, device):
         self.cfg = cfg
         self.objective = PPOObjective(schedule, cfg, null_label, reference, device)
-        self.passes = self.objective.passes
         self.tracker = PerConditionStats(cfg.pg.stat_window, cfg.pg.stat_min_count) if cfg.algorithm == "ddpo" else None
 
     def fields(self, sample_shape: tuple[int, ...], steps: int) -> dict:

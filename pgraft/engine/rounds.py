@@ -95,7 +95,6 @@ class RejectionSampling:
     """GRAFT / P-GRAFT (``algorithm: pgraft``): accept by a GRS rule, train the denoising loss."""
 
     record = False
-    passes = 1
 
     @staticmethod
     def passes_for(cfg: PGraftConfig, schedule: Schedule) -> int:
