@@ -1,5 +1,5 @@
 """Bench: the engine's own overlap. Reward scoring on a worker thread while the next rollout
-chunk samples (pgraft/rewards/overlap.py), against sampling everything and scoring afterwards.
+chunk samples (pgraft/engine/scoring.py), against sampling everything and scoring afterwards.
 
 One round's rollout of the digits task (shipped base and judge, 10 classes × M, DDIM 25 steps,
 chunks of ``--chunk``), timed three ways in one run, alternating, median of ``--reps``:
@@ -32,8 +32,8 @@ from common import add_busy_flag, busy_core, report  # noqa: E402
 from pgraft.config import TaskConfig  # noqa: E402
 from pgraft.engine.compose import Single  # noqa: E402
 from pgraft.engine.rollout import rollout  # noqa: E402
+from pgraft.engine.scoring import OverlappedScorer  # noqa: E402
 from pgraft.rewards.base import score  # noqa: E402
-from pgraft.rewards.overlap import OverlappedScorer  # noqa: E402
 from pgraft.tasks import prepare_task  # noqa: E402
 
 

@@ -135,7 +135,7 @@ def telemetry() -> dict:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound where there is no GPU (STACK.md)
+    except Exception as exc:  # NVMLError_LibraryNotFound where there is no GPU
         return {"telemetry": "no GPU telemetry", "reason": type(exc).__name__}
     try:
         handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() if torch.cuda.is_available() else 0)
@@ -170,7 +170,7 @@ class GpuSampler:
             pynvml.nvmlInit()
             self._nvml = pynvml
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        except Exception as exc:  # NVMLError_LibraryNotFound without a GPU (STACK.md)
+        except Exception as exc:  # NVMLError_LibraryNotFound without a GPU
             self.reason = f"no GPU telemetry ({type(exc).__name__})"
             return self
         self._stop = threading.Event()

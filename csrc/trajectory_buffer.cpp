@@ -1,4 +1,4 @@
-// The trajectory buffer's implementation and its file format (docs/buffer_format.md):
+// The trajectory buffer's implementation and its file format (docs/buffer.md):
 //   "PGRAFTBF" | u32 version | u32 n_fields | i64 capacity | i64 size | u8 policy | 7 pad bytes
 //   per field: u32 name_len | name | u8 dtype | u8 ndim | i64 dims[ndim]
 //   sections, each starting at a multiple of 64 bytes: group i64[size], reward f32[size],

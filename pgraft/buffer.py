@@ -8,7 +8,7 @@ good. What crosses to the GPU is each minibatch, gathered into one small pinned 
 (when CUDA is present) that the iterator reuses. The buffer appends
 batches (thread-safe), selects per group over its stored rewards with the semantics of
 pgraft/kernels/select.py and compacts, iterates seeded shuffled minibatches into one preallocated
-batch, and saves/loads a checksummed file atomically (docs/buffer_format.md), or maps one
+batch, and saves/loads a checksummed file atomically (docs/buffer.md), or maps one
 read-only. This module validates every argument before it reaches C++; C++ errors come back as
 :class:`BufferError` or, for files, :class:`CheckpointError`.
 """
@@ -22,7 +22,7 @@ from typing import Iterator, Mapping
 import torch
 
 from . import _C
-from .engine.distributed import all_gather_rows, shard_slice
+from .collectives import all_gather_rows, shard_slice
 from .errors import BufferError, CheckpointError
 
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int64: "int64"}
@@ -195,7 +195,7 @@ class TrajectoryBuffer:
         """One epoch of seeded, shuffled minibatches, gathered into one preallocated batch.
 
         With ``shard=(rank, world)`` each global batch of ``batch_size`` rows is split across the
-        ranks (:func:`~pgraft.engine.distributed.shard_slice`) and only this rank's rows are
+        ranks (:func:`~pgraft.collectives.shard_slice`) and only this rank's rows are
         gathered: data-parallel training over one replicated buffer. ``start`` skips the epoch's
         first batches (resuming mid-epoch). The yielded tensors are views of the batch (pinned
         when CUDA is present): use or copy them before asking for the next one. A copy to the GPU

@@ -220,7 +220,7 @@ SelectRule = Literal["top_k", "best_of_n", "threshold", "classic", "dedup"]
 
 
 class SelectConfig(_Strict):
-    """A GRS acceptance rule (METHOD.md §1)."""
+    """A GRS acceptance rule (docs/method.md §1)."""
 
     rule: SelectRule = "top_k"
     k: int = Field(8, ge=1, le=1024)  # top_k and dedup
@@ -242,12 +242,12 @@ class TrainConfig(_Strict):
     lora_alpha: float = Field(8.0, gt=0)
     # Module names PEFT wraps; None: attention projections, ResNet convolutions, time projections.
     lora_targets: Optional[list[str]] = Field(None, min_length=1)
-    # dsm_from_xni: DSM from the accepted x_{N_I} at level s (ours, default, METHOD.md §2);
+    # dsm_from_xni: DSM from the accepted x_{N_I} at level s (ours, default, docs/method.md §2);
     # dsm_from_x0: ordinary DSM on the accepted x_0 with t restricted to t > s (ours, option).
     loss: Literal["dsm_from_xni", "dsm_from_x0"] = "dsm_from_xni"
     # unit_target: weight each t so the target has unit variance (same minimiser, ours).
     weighting: Literal["unit_target", "none"] = "unit_target"
-    t_margin: int = Field(0, ge=0)  # draw t > s + t_margin (a margin is the other cure, METHOD.md §2)
+    t_margin: int = Field(0, ge=0)  # draw t > s + t_margin (a margin is the other cure, docs/method.md §2)
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(64, ge=1)
     steps_per_round: int = Field(300, ge=1)
@@ -265,7 +265,7 @@ Algorithm = Literal["pgraft", "ddpo", "grpo"]
 
 
 class PolicyGradientConfig(_Strict):
-    """DDPO / GRPO (METHOD.md §4; docs/policy_gradient.md): PPO-clip over the sampler's chain.
+    """DDPO / GRPO (docs/method.md §4; docs/policy_gradient.md): PPO-clip over the sampler's chain.
 
     Defaults are ddpo-pytorch's (config/base.py) except where marked *(ours)*.
     """
@@ -740,7 +740,7 @@ class TrainRunConfig(_Strict):
 
 
 class FlowModelConfig(_Strict):
-    """A flow-matching UNet and its training budget (inverse noise correction, METHOD.md §3)."""
+    """A flow-matching UNet and its training budget (inverse noise correction, docs/method.md §3)."""
 
     block_out_channels: tuple[int, ...] = (24, 48, 48)
     layers_per_block: int = Field(1, ge=1, le=4)

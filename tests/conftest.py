@@ -2,7 +2,7 @@ import os
 
 import torch
 
-# Before anything imports diffusers or our Triton kernels (STACK.md): no hub; without a GPU the
+# Before anything imports diffusers or our Triton kernels (docs/development.md): no hub; without a GPU the
 # Triton kernels run under the interpreter on CPU tensors, with one they run compiled on CUDA
 # tensors (tests/kernel_devices.py).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -18,7 +18,8 @@ import os
 
 import torch
 
-Z95 = 1.959964  # the normal distribution's two-sided 95% quantile
+from pgraft import stats
+from pgraft.stats import Z95
 
 
 def paired_difference(tuned, base) -> tuple[float, float, int]:
@@ -27,10 +28,9 @@ def paired_difference(tuned, base) -> tuple[float, float, int]:
     Samples whose reward is not finite under either model are left out of both.
     """
     assert torch.equal(tuned.labels, base.labels), "paired evaluations need the same held-out conditions"
-    d = tuned.rewards.double() - base.rewards.double()
-    d = d[torch.isfinite(d)]
-    assert d.numel() >= 30, f"{d.numel()} paired samples are too few for a normal CI"
-    return float(d.mean()), Z95 * float(d.std(unbiased=True)) / math.sqrt(d.numel()), d.numel()
+    delta, half, n = stats.paired_difference(tuned.rewards, base.rewards)
+    assert n >= 30, f"{n} paired samples are too few for a normal CI"
+    return delta, half, n
 
 
 def record(label: str, **values) -> None:

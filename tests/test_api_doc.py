@@ -27,3 +27,15 @@ def test_api_example_runs(tmp_path, monkeypatch, capsys):
     assert [line.split()[0] for line in out if re.fullmatch(r"\d+ [-\d.e]+ \d+", line)] == ["0", "1"]
     assert sum(line.startswith(("base ", "p-graft ")) for line in out) == 2
     assert (tmp_path / "mine" / "checkpoints" / "latest").read_text().startswith("ckpt-r00002")
+
+
+def test_every_name_the_api_page_lists_is_importable_from_pgraft():
+    """docs/api.md's table: each backticked name of its "main names" column (not the module
+    paths), as `pgraft.<name>`."""
+    import pgraft
+
+    rows = [line.split("|") for line in DOC.read_text().splitlines() if line.startswith("| ") and "`" in line]
+    names = {n for row in rows for n in re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", row[3])}
+    # module-level helpers and words, named with their module in the table
+    names -= {"codec", "properties", "duplicate_keys", "report", "capture", "compile_all", "problems", "auto"}
+    assert names and not [n for n in sorted(names) if not hasattr(pgraft, n)]

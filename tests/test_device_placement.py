@@ -60,7 +60,7 @@ def test_a_text_unet_keeps_its_prompt_table_beside_its_unet():
 
 def test_the_reward_worker_uses_the_callers_gpu(monkeypatch):
     """CUDA's current device is per thread: the scoring thread must adopt the rank's GPU."""
-    from pgraft.rewards.overlap import OverlappedScorer
+    from pgraft.engine.scoring import OverlappedScorer
 
     seen = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

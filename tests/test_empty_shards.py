@@ -30,7 +30,7 @@ WORKER = textwrap.dedent(
     from pgraft.engine.train import _mean_over_ranks
     from pgraft.models.schedule import Schedule
     from pgraft.models.unet import ClassConditionalUNet
-    from pgraft.rewards.overlap import OverlappedScorer
+    from pgraft.engine.scoring import OverlappedScorer
     from pgraft.tasks.digits import decode
 
     report = {}

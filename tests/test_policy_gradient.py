@@ -1,4 +1,4 @@
-"""DDPO / GRPO (METHOD.md §4): stored log-probabilities, the PPO surrogate, the advantage trackers,
+"""DDPO / GRPO (docs/method.md §4): stored log-probabilities, the PPO surrogate, the advantage trackers,
 and a short DDPO run that learns."""
 
 import math

@@ -112,7 +112,7 @@ def test_vqascore_without_its_extra_names_the_extra():
 
 
 def test_overlapped_scorer_returns_chunks_in_order_and_reraises():
-    from pgraft.rewards.overlap import OverlappedScorer
+    from pgraft.engine.scoring import OverlappedScorer
 
     scorer = OverlappedScorer(lambda img, c: img.mean(dim=(1, 2, 3)) + c, lambda x: x.clamp(0, 1))
     chunks = [torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(i)) for i in range(3)]

@@ -1,4 +1,4 @@
-"""GRS acceptance rules: exact semantics, and the accepted-reward laws of METHOD.md §1 (KS tests)."""
+"""GRS acceptance rules: exact semantics, and the accepted-reward laws of docs/method.md §1 (KS tests)."""
 
 import numpy as np
 import pytest

@@ -48,7 +48,7 @@ def test_dsm_from_intermediate_states_has_the_exact_score_as_minimiser(level, we
     x0 = SIGMA * torch.randn(20000, 1, 2, 2, generator=g)
     a_s = 1.0 if level < 0 else float(AC[level])
     x_s = a_s**0.5 * x0 + (1 - a_s) ** 0.5 * torch.randn(x0.shape, generator=g)
-    # "none" has a heavy-tailed target near s; a margin keeps the Monte-Carlo error small (METHOD.md §2)
+    # "none" has a heavy-tailed target near s; a margin keeps the Monte-Carlo error small (docs/method.md §2)
     t_min = level + 50 if weighting == "none" and level >= 0 else 0
     assert _fitted_scale(x_s, level, weighting, t_min) == pytest.approx(1.0, abs=0.03)
 

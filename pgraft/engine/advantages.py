@@ -1,4 +1,4 @@
-"""Advantages of the policy-gradient baselines (METHOD.md §4): rewards → per-sample advantages.
+"""Advantages of the policy-gradient baselines (docs/method.md §4): rewards → per-sample advantages.
 
 - DDPO (kvablack/ddpo-pytorch, ``stat_tracking.py``): a per-condition window of the last
   ``window`` rewards, extended with this round's before use; while a condition's window holds

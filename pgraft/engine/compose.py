@@ -1,4 +1,4 @@
-"""Composed inference (METHOD.md §2): fine-tuned model from T to N_I, base model from N_I to 0.
+"""Composed inference (docs/method.md §2): fine-tuned model from T to N_I, base model from N_I to 0.
 
 A policy answers one question: which denoiser takes sampler step i. Step i maps x_{S-i} to
 x_{S-i-1}, so the fine-tuned model takes the steps whose *input* state index S-i exceeds N_I,

@@ -1,4 +1,4 @@
-"""Process-group set-up and the few collectives the engine needs.
+"""Process-group set-up, the local device, and the watchdog; the collectives are in :mod:`pgraft.collectives`.
 
 Every run is a DeepSpeed run, a single process included (gloo on the CPU, NCCL on GPUs). Under a
 launcher (``deepspeed`` / ``torchrun``) the environment names rank and world size; a plain
@@ -14,18 +14,27 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import math
 import os
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from ..collectives import (  # noqa: F401  (the collectives are part of this module's API)
+    all_gather_rows,
+    barrier,
+    broadcast_object,
+    comm_device,
+    is_initialized,
+    rank,
+    shard_range,
+    shard_slice,
+    world_size,
+)
 from ..errors import DistributedError
 
 log = logging.getLogger("pgraft")
@@ -35,10 +44,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def is_initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
 
 
 def ensure_distributed(timeout_s: float | None = None) -> None:
@@ -85,14 +90,6 @@ def _unlink_shm_segment() -> None:
         mine.unlink()
 
 
-def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
-
-
 def local_device() -> torch.device:
     """This process's compute device, with its index: its local rank's GPU, or the CPU.
 
@@ -102,69 +99,6 @@ def local_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return torch.device("cpu")
-
-
-def comm_device() -> torch.device:
-    """Where collective tensors live: the current GPU under NCCL, the CPU under gloo."""
-    if is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` of rank ``src`` on every rank (small Python objects: paths, decisions)."""
-    if world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src, device=comm_device())
-    return box[0]
-
-
-def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``t`` ([n_r, ...], n_r may differ) along dim 0, in rank order.
-
-    Any dtype: rows travel as bytes, padded to the longest rank's count.
-    """
-    if world_size() == 1:
-        return t
-    device = comm_device()
-    row_shape, dtype = t.shape[1:], t.dtype
-    row_bytes = math.prod(row_shape) * t.element_size()  # explicit: a rank may hold 0 rows
-    raw = t.detach().contiguous().view(torch.uint8).reshape(t.shape[0], row_bytes).to(device)
-    n = torch.tensor([raw.shape[0]], device=device)
-    sizes = [torch.zeros_like(n) for _ in range(world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = torch.zeros((max(sizes), raw.shape[1]), dtype=torch.uint8, device=device)
-    padded[: raw.shape[0]] = raw
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    rows = torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(t.device)
-    return rows.view(dtype).reshape(sum(sizes), *row_shape)
-
-
-def shard_slice(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:
-    """Rank ``r``'s rows [lo, hi) of a global batch of ``n`` rows split as evenly as possible."""
-    r = rank() if r is None else r
-    w = world_size() if w is None else w
-    return n * r // w, n * (r + 1) // w
-
-
-def shard_range(total: int, chunk: int) -> tuple[int, int]:
-    """This rank's contiguous share [start, stop) of ``total`` items cut into ``chunk``-sized pieces.
-
-    Whole chunks go to ranks in order, so the concatenation over ranks is the global order and a
-    chunk's content does not depend on the world size (ours: results equal a 1-rank run's).
-    """
-    chunks = -(-total // chunk)
-    w, r = world_size(), rank()
-    first, last = r * chunks // w, (r + 1) * chunks // w
-    return min(first * chunk, total), min(last * chunk, total)
 
 
 class Watchdog:

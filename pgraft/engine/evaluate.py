@@ -10,7 +10,6 @@ novelty, ...); they join the summary, and a "diversity" among them replaces the 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +19,7 @@ import torch
 from ..config import EvalConfig
 from ..models.schedule import Schedule
 from ..rewards.base import RewardFn, score
+from ..stats import Z95, mean_ci95  # noqa: F401  (part of this module's API)
 from .compose import Policy
 from .distributed import all_gather_rows
 from .rollout import rollout
@@ -50,17 +50,6 @@ class Evaluation:
             "eval_samples": self.samples,
             "eval_wall_s": self.wall_s,
         }
-
-
-Z95 = 1.959964  # the normal distribution's two-sided 95% quantile
-
-
-def mean_ci95(values: torch.Tensor) -> tuple[float, tuple[float, float]]:
-    """Mean and normal-approximation 95% confidence interval (n ≥ 30 in every use here)."""
-    v = values.double()
-    mean = float(v.mean())
-    half = Z95 * float(v.std(unbiased=True)) / math.sqrt(v.numel()) if v.numel() > 1 else float("nan")
-    return mean, (mean - half, mean + half)
 
 
 def diversity(images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Inverse noise correction for flow models (METHOD.md §3): learn the law of the base sampler's
+"""Inverse noise correction for flow models (docs/method.md §3): learn the law of the base sampler's
 inverse noises and sample ε → corrector → base, without touching the base model.
 
 Φ is the base model's K-step Euler sampler (the fused step kernel's flow mode). Real data are
@@ -11,7 +11,6 @@ from N(0, I) to the bank of inverse noises; one corrector per K.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from ..kernels import denoise_step
 from ..models.flow import NUM_TRAIN_TIMESTEPS
 from ..models.schedule import COEFFICIENTS, Schedule
+from ..stats import frechet_distance  # noqa: F401  (part of this module's API)
 
 log = logging.getLogger("pgraft")
 
@@ -187,22 +187,3 @@ def flops_per_forward(model: nn.Module, sample_shape: tuple[int, ...]) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x, torch.tensor([NUM_TRAIN_TIMESTEPS / 2]))
     return float(counter.get_total_flops())
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """FID's Fréchet distance between Gaussians fitted to feature sets a [N, D] and b [M, D]."""
-    from scipy import linalg
-
-    a, b = a.double().numpy(), b.double().numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = _cov(a), _cov(b)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    root = (root[0] if isinstance(root, tuple) else root).real
-    value = float(((mu_a - mu_b) ** 2).sum() + (cov_a + cov_b - 2 * root).trace())
-    return max(value, 0.0) if math.isfinite(value) else float("nan")
-
-
-def _cov(x):
-    import numpy as np
-
-    return np.cov(x, rowvar=False)

@@ -1,4 +1,4 @@
-"""The policy-gradient baselines, DDPO and GRPO (METHOD.md §4), as a learner of the round loop.
+"""The policy-gradient baselines, DDPO and GRPO (docs/method.md §4), as a learner of the round loop.
 
 The sampler's chain is an MDP whose every stochastic step is Gaussian,
 x_prev ~ N(μ_θ(x_t), σ_t² I), with μ and σ the affine step of pgraft/models/schedule.py (DDIM

@@ -1,4 +1,4 @@
-"""The round loop (METHOD.md §1–2, §4): rollout → reward → select → buffer → train.
+"""The round loop (docs/method.md §1–2, §4): rollout → reward → select → buffer → train.
 
 Round k+1 samples from the composed model of round k (fine-tuned from T to N_I, base below).
 N_I = 0 is GRAFT. The fine-tuned network is a full copy of the base or a LoRA adapter over it.
@@ -33,7 +33,6 @@ from ..errors import ConfigError
 from ..kernels.select import gather_rows
 from ..models.schedule import Schedule
 from ..rewards.base import RewardFn
-from ..rewards.overlap import OverlappedScorer
 from ..seeding import generator
 from .checkpoint import Checkpointer, checkpoint_name, restore_rng, rng_state
 from .compose import AdapterOff, Composed
@@ -41,6 +40,7 @@ from .distributed import all_gather_rows, rank, world_size
 from .phases import phase
 from .policy_gradient import PolicyGradient
 from .rollout import Rollout, rollout
+from .scoring import OverlappedScorer
 from .select import Acceptance, select
 from .speed import FastPolicies, apply_float32_math, apply_threads
 from .train import DenoisingTrainer, TrainingData, make_trainable
@@ -82,7 +82,7 @@ class PGraftRun:
 
 
 def training_data(buffer: TrajectoryBuffer, cfg: PGraftConfig, schedule: Schedule) -> TrainingData:
-    """What the accepted rows teach, and at which noise levels (METHOD.md §2)."""
+    """What the accepted rows teach, and at which noise levels (docs/method.md §2)."""
     if cfg.n_i == 0:  # GRAFT: ordinary DSM on accepted x_0 at every timestep
         return TrainingData(buffer=buffer, field="x0")
     s = schedule.state_timestep(cfg.n_i)

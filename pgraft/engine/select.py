@@ -1,4 +1,4 @@
-"""Generalized rejection sampling (GRS): the acceptance rules of METHOD.md §1.
+"""Generalized rejection sampling (GRS): the acceptance rules of docs/method.md §1.
 
 Rewards arrive as a [G, M] table (G condition groups of M samples). Every rule sees the whole
 group. Non-finite rewards (NaN/Inf) are never accepted and are counted; a group with fewer valid

@@ -1,7 +1,7 @@
 """Train: the denoising loss on accepted data, restricted to noise levels above N_I, run by a
 DeepSpeed engine (every run, a single process included).
 
-P-GRAFT's loss (METHOD.md §2, ours by default): the data are states x_s at training timestep s
+P-GRAFT's loss (docs/method.md §2, ours by default): the data are states x_s at training timestep s
 (x_0 itself for GRAFT, where ᾱ_s = 1). For t > s,
     x_t = √(ᾱ_t/ᾱ_s)·x_s + √(1 − ᾱ_t/ᾱ_s)·ε',
 and the network's ε-target (w.r.t. x_0) is √(1 − ᾱ_t)/√(1 − ᾱ_t/ᾱ_s)·ε'. The target's variance
@@ -156,7 +156,7 @@ def dsm_loss_at(
     weighting: str = "unit_target",
     prediction_type: str = "epsilon",
 ) -> torch.Tensor:
-    """DSM from data at level s = ``level`` for given timesteps ``t`` and noise ``eps_prime`` (METHOD.md §2)."""
+    """DSM from data at level s = ``level`` for given timesteps ``t`` and noise ``eps_prime`` (docs/method.md §2)."""
     shape = (x_s.shape[0], *([1] * (x_s.ndim - 1)))
     a_t = alphas_cumprod[t].float().view(shape)
     a_s = torch.ones_like(a_t) if level < 0 else alphas_cumprod[level].float().expand_as(a_t)
@@ -189,7 +189,7 @@ def dsm_loss(
 
 
 class DenoisingObjective:
-    """P-GRAFT's denoising loss (METHOD.md §2) on the rows of ``data``: one pass per minibatch."""
+    """P-GRAFT's denoising loss (docs/method.md §2) on the rows of ``data``: one pass per minibatch."""
 
     passes = 1
 

@@ -1,4 +1,4 @@
-"""`pgraft bases`: is each base model a good drawer that follows its prompt poorly (METHOD.md §2's
+"""`pgraft bases`: is each base model a good drawer that follows its prompt poorly (docs/method.md §2's
 premise)? Measured beside the real held-out images of the task.
 
 For each task and base variant, ``eval.samples_per_class`` samples per class from the demo's

@@ -12,10 +12,10 @@ import torch
 from ..config import DemoConfig, EvalConfig, PGraftConfig, SweepConfig
 from ..engine.compose import Policy
 from ..engine.evaluate import Evaluation, evaluate
-from ..engine.inc import frechet_distance
 from ..engine.rounds import PGraftLoop, PGraftRun
 from ..errors import ConfigError
 from ..models.schedule import Schedule
+from ..stats import frechet_distance
 from ..tasks import Task, prepare_task
 from .run_dir import RunDir
 

@@ -1,4 +1,4 @@
-"""`pgraft inc`: inverse noise correction on the digits (METHOD.md §3), measured as FID against
+"""`pgraft inc`: inverse noise correction on the digits (docs/method.md §3), measured as FID against
 FLOPs per image.
 
 1. A rectified-flow base model on the training digits (cached by config).

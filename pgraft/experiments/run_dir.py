@@ -1,4 +1,4 @@
-"""A run folder (DESIGN.md): config.yaml, metrics.jsonl, results.json, PNGs, TensorBoard events,
+"""A run folder: config.yaml, metrics.jsonl, results.json, PNGs, TensorBoard events,
 model weights (safetensors). Every file is written atomically."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`pgraft sample`: images from a finished Stable Diffusion run, with the composed sampler it was
-trained for (tuned network from T down to N_I, base model below; METHOD.md §2).
+trained for (tuned network from T down to N_I, base model below; docs/method.md §2).
 
 The run folder holds config.yaml (model folder, sampler, N_I) and models/lora (diffusers'
 load_lora_weights layout) or models/pipeline (a full pipeline folder), each with pgraft.json.

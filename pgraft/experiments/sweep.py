@@ -1,4 +1,4 @@
-"""`pgraft sweep`: the paper's central experiment in miniature (METHOD.md §2).
+"""`pgraft sweep`: the paper's central experiment in miniature (docs/method.md §2).
 
 P-GRAFT at several N_I (same sample budget), and the bias-variance diagnostic: from fixed states
 x_{N_I} of base-model trajectories, many base-model completions estimate Var[r(x_0) | x_{N_I}].
@@ -6,7 +6,6 @@ x_{N_I} of base-model trajectories, many base-model completions estimate Var[r(x
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -15,12 +14,12 @@ from tqdm.auto import tqdm
 
 from ..config import SweepConfig
 from ..engine.compose import Single
-from ..engine.evaluate import Z95
 from ..engine.rollout import rollout, run_chain
 from ..models.schedule import Schedule
 from ..report import plot_sweep, table
 from ..rewards.base import score
 from ..seeding import generator
+from ..stats import pool  # noqa: F401  (part of this module's API)
 from ..tasks import Task
 from .common import evaluate_on_task, load_seed_runs, run_method, start_experiment
 from .run_dir import RunDir
@@ -69,16 +68,6 @@ def conditional_variance(
     )
     r = score(task.reward, task.decode(x0), c).view(task.num_classes, states_per_class, completions)
     return float(r.var(dim=2, unbiased=True).mean()), float(r.flatten(1).var(dim=1, unbiased=True).mean())
-
-
-def pool(stats: list[tuple[int, float, float]]) -> tuple[float, tuple[float, float]]:
-    """Mean and 95% CI of several seeds' held-out rewards pooled, from each seed's (n, mean, std):
-    exactly what :func:`mean_ci95` gives on the concatenated rewards."""
-    n = sum(k for k, _, _ in stats)
-    mean = sum(k * m for k, m, _ in stats) / n
-    ss = sum((k - 1) * s**2 + k * (m - mean) ** 2 for k, m, s in stats)
-    half = Z95 * math.sqrt(ss / (n - 1) / n)
-    return mean, (mean - half, mean + half)
 
 
 def pooled_reward(per_seed: list[dict]) -> dict:

@@ -9,11 +9,11 @@ network output (after classifier-free guidance) and z the supplied noise:
     x_prev = c0·x̂_0 + cx·x_t + co·o + sigma·z
     log p(x_prev | x_t) = −Σ z²/2 − D·log(sigma) − (D/2)·log(2π)      (sigma > 0)
 
-DDIM (any η) and DDPM follow diffusers' DDIMScheduler/DDPMScheduler.step (METHOD.md §4 writes the
+DDIM (any η) and DDPM follow diffusers' DDIMScheduler/DDPMScheduler.step (docs/method.md §4 writes the
 DDIM step); flow-matching Euler follows FlowMatchEulerDiscreteScheduler.step (ODE, or its
 ``stochastic_sampling`` variant), and ``flow_sde`` is Flow-GRPO's SDE step (arXiv 2505.05470).
 
-State indexing follows METHOD.md: x_S is the initial noise, step i maps x_{S-i} → x_{S-i-1},
+State indexing follows docs/method.md: x_S is the initial noise, step i maps x_{S-i} → x_{S-i-1},
 and x_n (n ≥ 1) sits at training timestep ``timesteps[S - n]``; x_0 is the clean sample.
 """
 

@@ -16,7 +16,7 @@ def score(reward_fn: RewardFn, images: torch.Tensor, conditions: torch.Tensor, b
     """Evaluate ``reward_fn`` in batches and check its output: a float tensor [B].
 
     NaN/Inf values are returned as they are: selection excludes and counts them
-    (DESIGN.md: "NaN/Inf rewards are excluded and counted"). A wrong shape or type raises
+    (non-finite rewards are excluded and counted, never fatal). A wrong shape or type raises
     RewardError naming the reward function.
     """
     name = getattr(reward_fn, "__name__", type(reward_fn).__name__)

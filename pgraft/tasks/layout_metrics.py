@@ -13,8 +13,8 @@ from math import nan
 
 import torch
 
-from ..engine.inc import frechet_distance
 from ..rewards.layouts import alignment, overlap, with_condition_presence
+from ..stats import frechet_distance
 from .layouts import TYPES, LayoutData, decode
 
 

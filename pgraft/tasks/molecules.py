@@ -22,12 +22,12 @@ import torch
 
 from ..chem import codec, properties, require, require_rdkit
 from ..config import TaskConfig
-from ..engine.inc import frechet_distance
 from ..errors import CheckpointError
 from ..io import load_state, save_state
 from ..models.graph_transformer import GraphDenoiser
 from ..models.unet import scheduler_config_for
 from ..report import save_figure
+from ..stats import frechet_distance
 from . import cache
 
 log = logging.getLogger("pgraft")

@@ -9,8 +9,8 @@ from typing import Callable
 
 import torch
 
-from ..engine.phases import phase
-from .base import RewardFn, score
+from ..rewards.base import RewardFn, score
+from .phases import phase
 
 
 def _worker_init(gpu: int | None) -> None:
