@@ -1,4 +1,4 @@
-"""The `pgraft` command: pretrain, bases, demo, sweep, compare, train, inc, sample, info.
+"""The `pgraft` command: pretrain, bases, demo, sweep, compare, train, inc, sample, results, info.
 
 `train` also runs under the DeepSpeed launcher, one process per rank:
     deepspeed --num_gpus 8 -m pgraft.cli train --config configs/digits_train.yaml --out runs/train
@@ -102,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="output folder (default RUN_DIR/samples)")
     sub.add_parser("info", help="this machine's arithmetic: CPU flags, threads, GPUs, what 'auto' precision picks")
+    p = sub.add_parser("results", help="write docs/results.md and the README's results table from docs/results/*.json")
+    p.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: here)")
+    p.add_argument("--check", action="store_true", help="only check that the committed pages are current")
     return ap
 
 
@@ -168,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             from .experiments.inc import run_inc
 
             run_inc(C.load(C.IncConfig, args.config, _overrides(args, "task.")), args.out, force=args.force)
+        elif args.command == "results":
+            from .experiments.results_page import run_results
+
+            return run_results(args.root, args.check)
         elif args.command == "info":
             from .machine import report_lines
 

@@ -56,11 +56,11 @@ ImageTaskName = Literal["digits", "animals"]
 TaskName = Literal["digits", "animals", "molecules", "layouts"]
 BaseVariant = Literal["noisy_captions", "undertrained"]
 
-# What each base variant sets in ``task.unet`` unless the config sets it (README, "The base models";
+# What each base variant sets in ``task.unet`` unless the config sets it (docs/experiments.md, "The base models";
 # the same for every task, so a config written out for one task means the same for another).
 # noisy_captions (default, the paper's premise): trained to convergence (linear LR decay) on
 # conditions of which a fraction rho = 0.5 is another class's, so samples are sharp members of
-# *some* class but follow the prompt poorly. undertrained (the record of earlier sessions): clean
+# *some* class but follow the prompt poorly. undertrained (the first bases, a record): clean
 # conditions, 150 steps at a constant LR, so the base is poor at every noise level.
 BASE_VARIANTS: dict[str, dict] = {
     "noisy_captions": {"pretrain_steps": 3000, "pretrain_lr_schedule": "linear_decay", "caption_noise": 0.5},
@@ -441,7 +441,7 @@ class DemoRun(_Strict):
 
 
 # The demo's fine-tuned models per task: the image tasks show GRAFT against P-GRAFT; molecules
-# add the dedup rule (the paper's molecule setting) and DDPO (issue 14); layouts add DDPO.
+# add the dedup rule (the paper's molecule setting) and DDPO; layouts add DDPO.
 DEMO_RUNS: dict[str, list[dict]] = {
     "digits": [{"name": "graft", "kind": "graft"}, {"name": "pgraft", "kind": "pgraft"}],
     "animals": [{"name": "graft", "kind": "graft"}, {"name": "pgraft", "kind": "pgraft"}],
@@ -457,7 +457,7 @@ DEMO_RUNS: dict[str, list[dict]] = {
         {"name": "ddpo", "kind": "ddpo"},
     ],
 }
-# N_I of P-GRAFT in the demo per task (the sweeps' best, README)
+# N_I of P-GRAFT in the demo per task (the sweeps' best, docs/results.md)
 DEMO_N_I: dict[str, int] = {"digits": 6, "animals": 6, "molecules": 3, "layouts": 6}
 
 
@@ -508,7 +508,7 @@ class SweepConfig(_Strict):
     task: TaskConfig = TaskConfig()
     method: PGraftConfig = PGraftConfig()
     # 0.75 left the reward at the base's level at this budget on the undertrained digits base; it
-    # costs a quarter of a sweep (README, "The N_I sweep"); add it with --set n_i_fracs=[...]
+    # costs a quarter of a sweep (docs/experiments.md, "The N_I sweep"); add it with --set n_i_fracs=[...]
     n_i_fracs: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5], min_length=1)
     # Each N_I is run once per seed (method.seed := seed): rows report the mean and the spread.
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
@@ -542,7 +542,7 @@ class SweepConfig(_Strict):
 CompareMethod = Literal["ddpo", "grpo", "graft", "pgraft"]
 
 # The baselines' settings per task unless a config sets them: the best of `pgraft compare --tune`
-# on that task (one seed, its own held-out seeds; docs/results/tune_<task>.json, README).
+# on that task (one seed, its own held-out seeds; docs/results/tune_<task>.json, docs/experiments.md).
 TUNED_BASELINES: dict[str, dict[str, dict]] = {
     "digits": {
         "ddpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
@@ -573,7 +573,7 @@ class CompareConfig(_Strict):
 
     Every method starts from ``method`` (the shared budget: M, rounds, sampler, rollout seeds)
     with its own changes: ``n_i`` for P-GRAFT, ``ddpo``/``grpo`` for the baselines (fields of
-    PGraftConfig, e.g. {train: {lr: ...}, pg: {clip_range: ...}}: the tuned values, README).
+    PGraftConfig, e.g. {train: {lr: ...}, pg: {clip_range: ...}}: the tuned values, docs/experiments.md).
     """
 
     task: TaskConfig = TaskConfig()
@@ -716,7 +716,7 @@ class TrainRunConfig(_Strict):
     """`pgraft train`: one P-GRAFT run across ranks, checkpointed and resumable."""
 
     task: TaskConfig = TaskConfig()
-    method: PGraftConfig = Field(default_factory=lambda: PGraftConfig(n_i=6))  # N_I = 0.25·S (README)
+    method: PGraftConfig = Field(default_factory=lambda: PGraftConfig(n_i=6))  # N_I = 0.25·S (docs/experiments.md)
     keep_rounds: int = Field(1, ge=1)  # rounds of accepted rows the buffer trains on
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -777,8 +777,8 @@ class IncConfig(_Strict):
     corrector: FlowModelConfig = FlowModelConfig(block_out_channels=(12, 24, 24), train_steps=600)
     base_steps: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], min_length=1)
     # (K, corrector steps). Backward Euler needs |h|·Lip(v) < 1: on the digits base it reconstructs
-    # to ~1% at K = 16 and degrades below (README), so the correction is measured at K = 16; the
-    # corrector's own Euler sampler needs a few steps (2 shrinks its output, README).
+    # to ~1% at K = 16 and degrades below (docs/inc.md), so the correction is measured at K = 16; the
+    # corrector's own Euler sampler needs a few steps (2 shrinks its output, docs/inc.md).
     pairs: list[tuple[int, int]] = Field(default_factory=lambda: [(16, 2), (16, 4), (16, 8)], min_length=1)
     inversion: InversionConfig = InversionConfig()
     eval: IncEvalConfig = IncEvalConfig()

@@ -269,7 +269,7 @@ def test_a_tiny_layouts_run_goes_end_to_end_through_the_public_api(task):
     per type multiset, the C++ buffer, DeepSpeed training, composed sampling): each round accepts
     K of M per condition above the rollout's mean, and P-GRAFT's held-out reward on the conditions
     trained on rises over the base (paired on common held-out noise; GRAFT's need not: on layouts
-    it degenerates, README), with every metric in range. Rollouts in fp32: the rise is about
+    it degenerates, docs/experiments.md), with every metric in range. Rollouts in fp32: the rise is about
     learning, and bf16 rounding moves a 3-round run by about a CI half-width."""
     from margins import assert_rises
 

@@ -1,4 +1,4 @@
-"""Checkpoints of a whole run, written atomically, verified before use (issue 5; docs/distributed.md).
+"""Checkpoints of a whole run, written atomically, verified before use (docs/distributed.md).
 
 A checkpoint is a folder ``<root>/ckpt-r<round>-s<step>/`` holding
   ds/               the DeepSpeed engine's own state (model, optimizer, LR scheduler; per rank)

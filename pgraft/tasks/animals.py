@@ -51,7 +51,7 @@ class _NumpyOnly(pickle.Unpickler):
 def _package_dir(package: str, extra: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise PgraftError(f"the animals task needs the package {package!r}: pip install {extra} (see README)")
+        raise PgraftError(f"the animals task needs the package {package!r}: pip install {extra} (docs/bases.md)")
     return Path(spec.submodule_search_locations[0])
 
 
