@@ -114,6 +114,8 @@ def test_fp32_means_ieee_fp32_unless_tf32_is_asked_for(restore_float32_math, tin
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     apply_float32_math(SpeedConfig(deterministic=True))
     assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.allow_tf32
+    apply_float32_math(SpeedConfig())  # the next run's config decides again
+    assert not torch.are_deterministic_algorithms_enabled()
     with pytest.raises(ValueError, match="speed.tf32: ddpo's PPO ratio needs IEEE float32"):
         PGraftConfig(algorithm="ddpo", speed={"tf32": True})
 

@@ -79,10 +79,11 @@ def apply_float32_math(speed: SpeedConfig) -> None:
     """
     torch.backends.cudnn.allow_tf32 = speed.tf32
     torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+    # set both ways, like the TF32 flags: a later run in the same process gets what its config says
+    torch.use_deterministic_algorithms(speed.deterministic)
     if speed.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
         torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True)
 
 
 def low_precision(module: nn.Module, device: torch.device) -> bool:

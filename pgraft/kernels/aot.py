@@ -241,12 +241,19 @@ def compile_all(archs: list[str], workers: int = 2) -> list[Compiled]:
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled for a GPU")
     launches = capture()
     jobs = [(launch, arch) for arch in archs for launch in launches]
+    saved = os.environ.get("TRITON_CACHE_DIR")
     with tempfile.TemporaryDirectory() as cache:
         os.environ["TRITON_CACHE_DIR"] = cache  # measure and check cold compiles, not a stale cache
-        if workers <= 1:
-            return [_compile_one(job) for job in jobs]
-        with ProcessPoolExecutor(workers) as pool:
-            return list(pool.map(_compile_one, jobs, chunksize=4))
+        try:
+            if workers <= 1:
+                return [_compile_one(job) for job in jobs]
+            with ProcessPoolExecutor(workers) as pool:
+                return list(pool.map(_compile_one, jobs, chunksize=4))
+        finally:
+            if saved is None:
+                os.environ.pop("TRITON_CACHE_DIR")
+            else:
+                os.environ["TRITON_CACHE_DIR"] = saved
 
 
 COLUMNS = ["kernel", "variant", "arch", "registers", "spill_bytes", "stack_bytes", "load_bits", "store_bits",
