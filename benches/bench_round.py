@@ -136,8 +136,7 @@ def pgraft_round(task: Task, cfg: PGraftConfig) -> dict:
 
 
 def _pgraft_round(task: Task, cfg: PGraftConfig) -> dict:
-    loop = PGraftLoop(task.base, task.reward, task.decode, task.num_classes, task.sample_shape, cfg,
-                      null_label=task.base.null_label, progress=False)  # fmt: skip
+    loop = PGraftLoop(task, cfg, progress=False)
     with PhaseTimer(sync=loop.device) as timer, GpuSampler() as gpu:  # sync: a GPU phase owns its kernels
         t0 = time.perf_counter()
         loop.run()

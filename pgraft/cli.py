@@ -21,9 +21,7 @@ from .errors import PgraftError  # noqa: E402
 
 def _common(p: argparse.ArgumentParser, default_out: str | None) -> None:
     p.add_argument("--config", type=Path, help="YAML config (defaults: the embedded digits task)")
-    p.add_argument(
-        "--task", choices=["digits", "animals", "molecules", "layouts"], help="embedded task (overrides task.name)"
-    )
+    p.add_argument("--task", choices=C.registry.names(), help="a registered task (overrides task.name)")
     p.add_argument(
         "--set",
         dest="overrides",

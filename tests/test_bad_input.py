@@ -29,7 +29,7 @@ from pgraft.rewards import score
         (C.DemoConfig, ["eval.samples_per_class=-1"], r"'eval.samples_per_class'"),
         (C.DemoConfig, ["method.n_i=3"], r"method.n_i is set by the experiment itself; set pgraft_n_i"),
         (C.SweepConfig, ["method.n_i=3"], r"set n_i_fracs instead"),
-        (C.DemoConfig, ["task.name=cifar"], r"'task.name': Input should be 'digits'"),
+        (C.DemoConfig, ["task.name=cifar"], r"'task.name': unknown task 'cifar'; the known tasks are digits, animals"),
     ],
 )
 def test_config_errors_name_the_field(cls, overrides, pattern):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from pgraft.config import PGraftConfig, SpeedConfig
+from pgraft.engine.problem import Problem
 from pgraft.engine.rounds import PGraftLoop
 from pgraft.engine.speed import VerifiedCompile, apply_float32_math, low_precision, native_bf16
 from pgraft.errors import ConfigError
@@ -38,7 +39,8 @@ def test_the_ppo_objective_is_placed_on_the_engines_device_not_the_modules(tiny_
 
     monkeypatch.setattr(train.DenoisingTrainer, "__init__", on_meta)
     cfg = PGraftConfig(algorithm="ddpo", samples_per_condition=4, sampler={"steps": 4})
-    loop = PGraftLoop(tiny_unet, brightness, decode, 3, (1, 8, 8), cfg, null_label=3, progress=False)
+    problem = Problem(base=tiny_unet, reward=brightness, decode=decode, num_conditions=3, sample_shape=(1, 8, 8))
+    loop = PGraftLoop(problem, cfg, progress=False)
     objective = loop.learner.objective
     assert loop.device == META and objective.device == META
     assert objective.table.device == META and objective.timesteps.device == META
@@ -107,8 +109,8 @@ def restore_float32_math():
 
 def test_fp32_means_ieee_fp32_unless_tf32_is_asked_for(restore_float32_math, tiny_unet):
     torch.backends.cudnn.allow_tf32 = True  # torch's own default for convolutions
-    PGraftLoop(tiny_unet, brightness, decode, 3, (1, 8, 8), PGraftConfig(samples_per_condition=4, select={"k": 2}),
-               null_label=3, progress=False)  # fmt: skip
+    problem = Problem(base=tiny_unet, reward=brightness, decode=decode, num_conditions=3, sample_shape=(1, 8, 8))
+    PGraftLoop(problem, PGraftConfig(samples_per_condition=4, select={"k": 2}), progress=False)
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     apply_float32_math(SpeedConfig(tf32=True))
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

@@ -25,6 +25,7 @@ WORKER = textwrap.dedent(
     from pgraft.engine.compose import Single
     from pgraft.engine.distributed import all_gather_rows, barrier, broadcast_object, shard_range, shard_slice
     from pgraft.engine.evaluate import evaluate
+    from pgraft.engine.problem import Problem
     from pgraft.engine.policy_gradient import _global_max
     from pgraft.engine.rollout import rollout
     from pgraft.engine.train import _mean_over_ranks
@@ -74,7 +75,8 @@ WORKER = textwrap.dedent(
     report["rollout equal"] = bool(torch.equal(whole.x0, alone.x0) and torch.equal(whole.cond, alone.cond))
     brightness = lambda x, c: x.mean(dim=(1, 2, 3))
     held_out = EvalConfig(samples_per_class=3, batch_size=8)
-    ev = evaluate(Single(model), sched, brightness, None, 2, (1, 8, 8), decode, held_out)
+    problem = Problem(base=model, reward=brightness, decode=decode, num_conditions=2, sample_shape=(1, 8, 8))
+    ev = evaluate(Single(model), sched, problem, held_out)
     report["eval rewards"] = ev.rewards.tolist()
     json.dump(report, open(f"{out}.{rank}", "w"))
     dist.destroy_process_group()

@@ -6,6 +6,7 @@ from margins import assert_rises
 from pgraft.config import EvalConfig, PGraftConfig
 from pgraft.engine.compose import Single
 from pgraft.engine.evaluate import evaluate
+from pgraft.engine.problem import Problem
 from pgraft.engine.rounds import run_pgraft
 from pgraft.tasks.digits import decode
 
@@ -37,13 +38,14 @@ def _cfg(n_i, **kw):
 @pytest.mark.parametrize("n_i,mode", [(0, "full"), (3, "full"), (3, "lora")])
 def test_rewards_rise_over_rounds(tiny_digits_model, n_i, mode):
     extra = {"mode": mode, "lora_rank": 8, "lr": 1e-2} if mode == "lora" else {}
-    run = run_pgraft(
-        tiny_digits_model, brightness, decode, 3, (1, 8, 8), _cfg(n_i, **extra), null_label=10, progress=False
+    problem = Problem(
+        base=tiny_digits_model, reward=brightness, decode=decode, num_conditions=3, sample_shape=(1, 8, 8)
     )
+    run = run_pgraft(problem, _cfg(n_i, **extra), progress=False)
     assert run.samples_drawn == 3 * 3 * 16
     # Held-out evaluation with common noise: the composed fine-tuned sampler beats the base.
     ev = {
-        name: evaluate(policy, run.schedule, brightness, None, 3, (1, 8, 8), decode, EvalConfig(samples_per_class=64))
+        name: evaluate(policy, run.schedule, problem, EvalConfig(samples_per_class=64))
         for name, policy in (("base", Single(tiny_digits_model)), ("tuned", run.policy))
     }
     assert_rises(ev["tuned"], ev["base"], f"GRAFT/P-GRAFT n_i={n_i} {mode}")
@@ -51,16 +53,28 @@ def test_rewards_rise_over_rounds(tiny_digits_model, n_i, mode):
 
 
 def test_nan_rewards_are_excluded_and_counted(tiny_digits_model):
-    run = run_pgraft(
-        tiny_digits_model,
-        nan_every_third,
-        decode,
-        3,
-        (1, 8, 8),
-        _cfg(0).model_copy(update={"rounds": 1}),
-        null_label=10,
-        progress=False,
-    )
+    problem = Problem(base=tiny_digits_model, reward=nan_every_third, decode=decode, num_conditions=3,
+                      sample_shape=(1, 8, 8))  # fmt: skip
+    run = run_pgraft(problem, _cfg(0).model_copy(update={"rounds": 1}), progress=False)
     (log,) = run.history
     assert log.invalid_rewards == 16  # ceil(48 / 3)
     assert log.accepted == 12
+
+
+def test_the_positional_form_of_earlier_versions_warns_and_runs_the_same(tiny_digits_model):
+    """run_pgraft / evaluate with the old positional arguments: a DeprecationWarning naming the
+    replacement, and the very same run as through a Problem."""
+    cfg = _cfg(3).model_copy(update={"rounds": 1})
+    problem = Problem(
+        base=tiny_digits_model, reward=brightness, decode=decode, num_conditions=3, sample_shape=(1, 8, 8)
+    )
+    new = run_pgraft(problem, cfg, progress=False)
+    with pytest.warns(DeprecationWarning, match=r"pass a pgraft.Problem"):
+        old = run_pgraft(tiny_digits_model, brightness, decode, 3, (1, 8, 8), cfg, null_label=10, progress=False)
+    assert [vars(r) | {"wall_s": 0} for r in old.history] == [vars(r) | {"wall_s": 0} for r in new.history]
+    held_out = EvalConfig(samples_per_class=8)
+    with pytest.warns(DeprecationWarning, match=r"evaluate\(reward, classify"):
+        ev_old = evaluate(old.policy, old.schedule, brightness, None, 3, (1, 8, 8), decode, held_out, null_label=10)
+    assert ev_old.rewards.tolist() == evaluate(new.policy, new.schedule, problem, held_out).rewards.tolist()
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        run_pgraft(problem, cfg, 5)

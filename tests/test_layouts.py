@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -284,8 +285,7 @@ def test_a_tiny_layouts_run_goes_end_to_end_through_the_public_api(task):
              "train": {"lr": 3e-4, "batch_size": 64, "steps_per_round": 100},
              "speed": {"sample_precision": "fp32"}}
         )  # fmt: skip
-        loop = PGraftLoop(task.base, task.reward, task.decode, conditions, task.sample_shape, cfg,
-                          null_label=task.base.null_label, progress=False)  # fmt: skip
+        loop = PGraftLoop(dataclasses.replace(task, num_conditions=conditions), cfg, progress=False)
         result = loop.run()
         for entry in result.history:
             assert entry.accepted == 2 * conditions and entry.accepted_reward_mean > entry.rollout_reward_mean
@@ -296,18 +296,7 @@ def test_a_tiny_layouts_run_goes_end_to_end_through_the_public_api(task):
     held_out = EvalConfig(samples_per_class=1, batch_size=1000)
     pages = task.eval_conditions[task.eval_conditions < conditions]  # held-out pages of those multisets
     evals = {
-        name: evaluate(
-            policy,
-            graft.schedule,
-            task.reward,
-            None,
-            conditions,
-            task.sample_shape,
-            task.decode,
-            held_out,
-            conditions=pages,
-            metrics=task.sample_metrics,
-        )  # fmt: skip
+        name: evaluate(policy, graft.schedule, dataclasses.replace(task, eval_conditions=pages), held_out)
         for name, policy in (("base", Single(task.base)), ("graft", graft.policy), ("pgraft", pgraft.policy))
     }
     base = evals["base"]

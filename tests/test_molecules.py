@@ -195,10 +195,7 @@ def _dedup_run(task, n_i: int, steps: int):
             "speed": {"sample_precision": "fp32"},  # about learning, not bf16 rounding
         }
     )
-    loop = PGraftLoop(
-        task.base, task.reward, task.decode, task.num_classes, task.sample_shape, cfg,
-        null_label=task.base.null_label, duplicate_key=task.duplicate_key, progress=False,
-    )  # fmt: skip
+    loop = PGraftLoop(task, cfg, progress=False)
     run = loop.run()
     (entry,) = run.history
     assert entry.accepted == 64 and entry.accepted_reward_mean > entry.rollout_reward_mean
@@ -222,17 +219,7 @@ def test_a_tiny_molecules_run_goes_end_to_end_through_the_public_api(task):
     assert pgraft.policy.n_i == 6  # the composed sampler hands over to the base at N_I
     held_out = EvalConfig(samples_per_class=1500)  # paired z about 6.5 (4.1 at 600) on each measured CPU
     evals = {
-        name: evaluate(
-            policy,
-            graft.schedule,
-            task.reward,
-            None,
-            1,
-            task.sample_shape,
-            task.decode,
-            held_out,
-            metrics=task.sample_metrics,
-        )  # fmt: skip
+        name: evaluate(policy, graft.schedule, task, held_out)
         for name, policy in (("base", Single(task.base)), ("graft", graft.policy), ("pgraft", pgraft.policy))
     }
     assert_rises(evals["graft"], evals["base"], "molecules GRAFT dedup")

@@ -18,6 +18,7 @@ from pgraft.engine.policy_gradient import (
     transition_log_prob,
     transition_mean,
 )
+from pgraft.engine.problem import Problem
 from pgraft.engine.rollout import rollout
 from pgraft.engine.rounds import run_pgraft
 from pgraft.models.flow import FlowUNet
@@ -149,6 +150,11 @@ def brightness(images, conds):
     return images.mean(dim=(1, 2, 3))
 
 
+def on_brightness(model) -> Problem:
+    """``model``'s first three conditions, rewarded by brightness."""
+    return Problem(base=model, reward=brightness, decode=decode, num_conditions=3, sample_shape=(1, 8, 8))
+
+
 @pytest.mark.parametrize("algorithm,mode", [("ddpo", "full"), ("grpo", "full"), ("ddpo", "lora")])
 def test_a_short_policy_gradient_run_raises_the_held_out_reward(tiny_digits_model, algorithm, mode):
     lr = 3e-2 if mode == "full" else 1e-1
@@ -163,10 +169,11 @@ def test_a_short_policy_gradient_run_raises_the_held_out_reward(tiny_digits_mode
             "speed": {"sample_precision": "fp32"},  # what "auto" gives a policy gradient, stated
         }
     )
-    run = run_pgraft(tiny_digits_model, brightness, decode, 3, (1, 8, 8), cfg, null_label=10, progress=False)
+    run_problem = on_brightness(tiny_digits_model)
+    run = run_pgraft(run_problem, cfg, progress=False)
     assert all(h.accepted == 48 and h.train_backward == 3 * 16 * 7 for h in run.history)  # 3 steps × 16 × 7 passes
     ev = {
-        name: evaluate(policy, run.schedule, brightness, None, 3, (1, 8, 8), decode, EvalConfig(samples_per_class=64))
+        name: evaluate(policy, run.schedule, run_problem, EvalConfig(samples_per_class=64))
         for name, policy in (("base", Single(tiny_digits_model)), ("tuned", run.policy))
     }
     assert_rises(ev["tuned"], ev["base"], f"{algorithm} {mode}")
@@ -194,7 +201,7 @@ def test_the_loop_refuses_a_baseline_with_an_intermediate_step(tiny_unet):
 
     cfg = PGraftConfig(algorithm="ddpo", samples_per_condition=4).model_copy(update={"n_i": 2})  # not validated
     with pytest.raises(ConfigError, match="n_i=2 applies to algorithm=pgraft"):
-        run_pgraft(tiny_unet, brightness, decode, 3, (1, 8, 8), cfg, null_label=3, progress=False)
+        run_pgraft(on_brightness(tiny_unet), cfg, progress=False)
 
 
 def test_grpo_trains_a_class_conditional_flow_base_with_the_flow_sde_step(digits8):
@@ -219,10 +226,11 @@ def test_grpo_trains_a_class_conditional_flow_base_with_the_flow_sde_step(digits
             "speed": {"sample_precision": "fp32"},
         }
     )
-    run = run_pgraft(model, brightness, decode, 3, (1, 8, 8), cfg, null_label=model.null_label, progress=False)
+    run_problem = on_brightness(model)
+    run = run_pgraft(run_problem, cfg, progress=False)
     assert run.schedule.kind == "flow_sde"
     ev = {
-        name: evaluate(policy, run.schedule, brightness, None, 3, (1, 8, 8), decode, EvalConfig(samples_per_class=64))
+        name: evaluate(policy, run.schedule, run_problem, EvalConfig(samples_per_class=64))
         for name, policy in (("base", Single(model)), ("tuned", run.policy))
     }
     assert_rises(ev["tuned"], ev["base"], "grpo flow_sde")
@@ -234,7 +242,7 @@ def test_the_denoising_loss_refuses_a_flow_sampler(tiny_unet):
     model = ClassConditionalUNet.flow(UNetConfig(**TINY), image_size=8, num_classes=3)
     cfg = PGraftConfig(samples_per_condition=4, select={"k": 2}, sampler={"kind": "flow_sde", "eta": 0.7})
     with pytest.raises(ConfigError, match="algorithm=pgraft trains a denoising loss"):
-        run_pgraft(model, brightness, decode, 3, (1, 8, 8), cfg, null_label=3, progress=False)
+        run_pgraft(on_brightness(model), cfg, progress=False)
 
 
 def test_the_kl_term_counts_the_reference_forwards_and_vanishes_against_itself(tiny_digits_model):
@@ -248,7 +256,7 @@ def test_the_kl_term_counts_the_reference_forwards_and_vanishes_against_itself(t
             "pg": {"kl_coef": 1.0},
         }
     )
-    (log,) = run_pgraft(tiny_digits_model, brightness, decode, 3, (1, 8, 8), cfg, null_label=10, progress=False).history
+    (log,) = run_pgraft(on_brightness(tiny_digits_model), cfg, progress=False).history
     # 3 minibatches × 8 trajectories × 3 stochastic steps, CFG doubling each, the base's forwards added
     assert log.train_backward == 3 * 8 * 3 * 2 and log.train_forward == 2 * log.train_backward
     assert log.rollout_forward == 24 * 4 * 2

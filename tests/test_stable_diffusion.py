@@ -5,6 +5,7 @@ import torch
 from sd_tiny import build_tiny_sd
 
 from pgraft.config import PGraftConfig
+from pgraft.engine.problem import Problem
 from pgraft.engine.rounds import run_pgraft
 from pgraft.errors import ConfigError
 from pgraft.models.stable_diffusion import load_stable_diffusion
@@ -40,10 +41,9 @@ def test_loads_components_and_encodes_prompts_with_a_negative_prompt(sd_folder):
 def test_one_pgraft_round_with_cfg(sd_folder, mode, n_i):
     sd = load_stable_diffusion(sd_folder, PROMPTS, negative_prompt="blurry")
     before = {k: v.clone() for k, v in sd.denoiser.state_dict().items()}
-    run = run_pgraft(
-        sd.denoiser, jpeg_incompressibility, sd.decode, len(PROMPTS), sd.sample_shape, _cfg(mode, n_i),
-        null_label=sd.null_label, progress=False,
-    )  # fmt: skip
+    problem = Problem(base=sd.denoiser, reward=jpeg_incompressibility, decode=sd.decode, num_conditions=len(PROMPTS),
+                      sample_shape=sd.sample_shape)  # fmt: skip
+    run = run_pgraft(problem, _cfg(mode, n_i), progress=False)
     (log,) = run.history
     assert log.samples_drawn == 12 and log.accepted == 6 and log.train_loss == log.train_loss
     tuned = run.model.state_dict()

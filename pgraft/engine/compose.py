@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..models.unet import Denoiser
+from ..models.denoiser import Denoiser
 
 
 class Policy(Protocol):

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from ..config import EvalConfig
 from ..models.schedule import Schedule
-from ..rewards.base import RewardFn, score
+from ..rewards.base import score
 from ..stats import Z95, mean_ci95  # noqa: F401  (part of this module's API)
 from .compose import Policy
 from .distributed import all_gather_rows
+from .problem import Problem, problem_from_legacy
 from .rollout import rollout
+
+# the positional arguments evaluate took before the Problem (deprecated)
+_LEGACY_EVALUATE = ("reward", "classify", "num_conditions", "sample_shape", "decode")
 
 
 @dataclass
@@ -67,48 +70,53 @@ def diversity(images: torch.Tensor, labels: torch.Tensor) -> float:
 def evaluate(
     policy: Policy,
     schedule: Schedule,
-    reward_fn: RewardFn,
-    classify: Callable[[torch.Tensor], torch.Tensor] | None,
-    num_classes: int,
-    sample_shape: tuple[int, ...],
-    decode,
+    problem: Problem,
     cfg: EvalConfig,
-    *,
+    *legacy,
     guidance_scale: float = 1.0,
-    null_label: int | None = None,
     device: torch.device | str | None = None,
-    conditions: torch.Tensor | None = None,
     progress: bool = False,
     desc: str = "evaluate",
-    metrics: Callable[[torch.Tensor, torch.Tensor], dict] | None = None,
+    **legacy_keywords,
 ) -> Evaluation:
-    """``conditions``: the condition ids to evaluate (held-out prompts; repeats allowed, per_class
-    lists each distinct one once, in first-seen order); default 0..num_classes-1.
-    ``metrics(decoded, labels) -> dict``: the task's own metrics of the samples."""
+    """``policy`` sampled on ``problem``'s held-out conditions (``eval_conditions``; repeats allowed,
+    per_class lists each distinct one once, in first-seen order; default 0..num_conditions-1),
+    scored by its reward, its ``classify`` (accuracy) and its ``metrics`` (the task's own).
+    The positional form of earlier versions, ``(policy, schedule, reward_fn, classify, num_classes,
+    sample_shape, decode, cfg, null_label=..., conditions=..., metrics=...)``, still works with a warning."""
+    if not isinstance(problem, Problem):
+        legacy_keywords.setdefault("base", None)  # sampling goes through the policy
+        (problem, cfg), legacy = problem_from_legacy(
+            "evaluate", _LEGACY_EVALUATE, (problem, cfg, *legacy), legacy_keywords
+        )
+    if legacy or legacy_keywords:
+        raise TypeError(f"evaluate(policy, schedule, problem, cfg, ...) got unexpected arguments ({len(legacy)} "
+                        f"positional, keywords {sorted(legacy_keywords)})")  # fmt: skip
     t0 = time.time()
-    conditions = torch.arange(num_classes) if conditions is None else conditions
+    p = problem
+    conditions = torch.arange(p.num_conditions) if p.eval_conditions is None else p.eval_conditions
     labels = conditions.repeat_interleave(cfg.samples_per_class)
     out = rollout(
         policy,
         schedule,
         labels,
-        sample_shape,
+        p.sample_shape,
         (cfg.seed, "eval"),
         guidance_scale=guidance_scale,
-        null_label=null_label,
+        null_label=p.null_label,
         batch_size=cfg.batch_size,
         shard=True,  # each rank samples and scores its share; the results are then gathered
         device=device,
         progress=progress,
         desc=desc,
     )
-    mine = decode(out.x0).cpu()
-    rewards = all_gather_rows(score(reward_fn, mine, out.cond).cpu())  # each sample scored once
+    mine = p.decode(out.x0).cpu()
+    rewards = all_gather_rows(score(p.reward, mine, out.cond).cpu())  # each sample scored once
     images = all_gather_rows(mine)
     finite = torch.isfinite(rewards)
     mean, ci = mean_ci95(rewards[finite])
     per_class = [float(rewards[(labels == c) & finite].mean()) for c in dict.fromkeys(conditions.tolist())]
-    acc = float((classify(images) == labels).float().mean()) if classify is not None else float("nan")
-    extra = metrics(images, labels) if metrics is not None else {}
+    acc = float((p.classify(images) == labels).float().mean()) if p.classify is not None else float("nan")
+    extra = p.metrics(images, labels) if p.metrics is not None else {}
     div = extra.pop("diversity") if "diversity" in extra else diversity(images, labels)
     return Evaluation(mean, ci, per_class, acc, div, labels.numel(), time.time() - t0, images, labels, rewards, extra)

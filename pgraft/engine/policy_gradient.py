@@ -176,7 +176,7 @@ class PPOObjective:
 
 
 class PolicyGradient:
-    """DDPO (``algorithm: ddpo``) or GRPO (``grpo``): a learner of :class:`~.rounds.PGraftLoop`."""
+    """DDPO (``algorithm: ddpo``) or GRPO (``grpo``): a :class:`~.learner.Learner` of :class:`~.rounds.PGraftLoop`."""
 
     record = True  # the rollout keeps whole chains and their log-probabilities
     needs_samples = False

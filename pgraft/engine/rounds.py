@@ -32,13 +32,14 @@ from ..config import PGraftConfig, to_yaml
 from ..errors import ConfigError
 from ..kernels.select import gather_rows
 from ..models.schedule import Schedule
-from ..rewards.base import RewardFn
 from ..seeding import generator
 from .checkpoint import Checkpointer, checkpoint_name, restore_rng, rng_state
 from .compose import AdapterOff, Composed
 from .distributed import all_gather_rows, rank, world_size
+from .learner import Learner
 from .phases import phase
 from .policy_gradient import PolicyGradient
+from .problem import Problem, problem_from_legacy
 from .rollout import Rollout, rollout
 from .scoring import OverlappedScorer
 from .select import Acceptance, select
@@ -92,7 +93,8 @@ def training_data(buffer: TrajectoryBuffer, cfg: PGraftConfig, schedule: Schedul
 
 
 class RejectionSampling:
-    """GRAFT / P-GRAFT (``algorithm: pgraft``): accept by a GRS rule, train the denoising loss."""
+    """GRAFT / P-GRAFT (``algorithm: pgraft``): accept by a GRS rule, train the denoising loss
+    (a :class:`~.learner.Learner`)."""
 
     record = False
 
@@ -149,19 +151,18 @@ class LoopState:
     passes: list[int] = field(default_factory=lambda: [0, 0])  # this round's training rows forward, backward
 
 
+# the positional arguments PGraftLoop took before the Problem (deprecated)
+_LEGACY_LOOP = ("base", "reward", "decode", "num_conditions", "sample_shape")
+
+
 class PGraftLoop:
     """``cfg.rounds`` rounds of ``cfg.algorithm`` (P-GRAFT at ``cfg.n_i``, DDPO or GRPO); resumable."""
 
     def __init__(
         self,
-        base: nn.Module,
-        reward_fn: RewardFn,
-        decode: Callable[[torch.Tensor], torch.Tensor],
-        num_conditions: int,
-        sample_shape: tuple[int, ...],
+        problem: Problem,
         cfg: PGraftConfig,
-        *,
-        null_label: int | None = None,
+        *legacy,
         keep_rounds: int = 1,
         on_round: Callable[[RoundLog], None] | None = None,
         progress: bool = True,
@@ -170,17 +171,29 @@ class PGraftLoop:
         checkpoint_every: int = 0,
         run_config: str | None = None,
         timeout_s: float | None = None,
-        duplicate_key: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **legacy_keywords,
     ):
+        """``problem``: the base, reward, decoder and conditions (a Problem or a prepared Task).
+        The positional form of earlier versions, ``(base, reward_fn, decode, num_conditions,
+        sample_shape, cfg, null_label=..., duplicate_key=...)``, still works with a warning."""
+        if not isinstance(problem, Problem):
+            (problem, cfg), legacy = problem_from_legacy(
+                "PGraftLoop", _LEGACY_LOOP, (problem, cfg, *legacy), legacy_keywords
+            )
+        if legacy or legacy_keywords:
+            raise TypeError(f"PGraftLoop(problem, cfg, ...) got unexpected arguments ({len(legacy)} positional, "
+                            f"keywords {sorted(legacy_keywords)})")  # fmt: skip
         if keep_rounds < 1:
             raise ValueError(f"keep_rounds must be >= 1, got {keep_rounds}")
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
-        self.base, self.reward_fn, self.decode = base, reward_fn, decode
-        self.num_conditions, self.sample_shape, self.cfg = num_conditions, sample_shape, cfg
+        base, null_label = problem.base, problem.null_label
+        self.problem = problem
+        self.base, self.reward_fn, self.decode = base, problem.reward, problem.decode
+        self.num_conditions, self.sample_shape, self.cfg = problem.num_conditions, problem.sample_shape, cfg
         self.null_label, self.keep_rounds, self.on_round, self.name = null_label, keep_rounds, on_round, name
         self.checkpointer, self.checkpoint_every = checkpointer, checkpoint_every
-        self.duplicate_key = duplicate_key  # the dedup rule's key per decoded sample (a task's)
+        self.duplicate_key = problem.duplicate_key  # the dedup rule's key per decoded sample (a task's)
         self.run_config = run_config if run_config is not None else to_yaml(cfg)
         s = cfg.sampler
         self.schedule = Schedule.from_scheduler_config(base.scheduler_config, s.steps, s.kind, s.eta)
@@ -204,6 +217,7 @@ class PGraftLoop:
         # a module happened to be before the engine existed.
         self.device = self.trainer.device
         self.base = base.to(self.device)  # the frozen base samples below N_I beside the trained network
+        self.learner: Learner
         if cfg.algorithm == "pgraft":
             self.learner = RejectionSampling(cfg, cfg.seed)
         else:
@@ -217,8 +231,8 @@ class PGraftLoop:
         # Room for keep_rounds rounds of accepted rows (at most G·M each); older rounds are dropped
         # before each append, so a full buffer would be a bug: refuse rather than evict silently.
         self.buffer = TrajectoryBuffer(
-            self.learner.fields(sample_shape, self.schedule.steps),
-            capacity=keep_rounds * num_conditions * cfg.samples_per_condition,
+            self.learner.fields(self.sample_shape, self.schedule.steps),
+            capacity=keep_rounds * self.num_conditions * cfg.samples_per_condition,
             full_policy="refuse",
         )
         self.state = LoopState()
@@ -409,7 +423,7 @@ class PGraftLoop:
 
 
 def run_pgraft(*args, **kwargs) -> PGraftRun:
-    """Run ``cfg.rounds`` rounds of P-GRAFT (PGraftLoop's arguments; no checkpoints) and return the composed policy."""
+    """Run ``cfg.rounds`` rounds of ``PGraftLoop(problem, cfg, ...)`` (no checkpoints); return the composed policy."""
     return PGraftLoop(*args, **kwargs).run()
 
 

@@ -41,22 +41,9 @@ def evaluate_on_task(
     task: Task, policy: Policy, schedule: Schedule, method: PGraftConfig, cfg: EvalConfig, name: str, device=None
 ) -> Evaluation:
     return evaluate(
-        policy,
-        schedule,
-        task.reward,
-        getattr(task.reward, "classify", None),  # accuracy needs a classifier reward
-        task.num_classes,
-        task.sample_shape,
-        task.decode,
-        cfg,
-        guidance_scale=method.sampler.guidance_scale,
-        null_label=task.base.null_label,
-        device=device,
-        conditions=task.eval_conditions,
-        progress=True,
+        policy, schedule, task, cfg, guidance_scale=method.sampler.guidance_scale, device=device, progress=True,
         desc=f"evaluate {name}",
-        metrics=task.sample_metrics,
-    )
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -68,17 +55,7 @@ def judge_fid(task: Task, images: torch.Tensor, reference: torch.Tensor) -> floa
 
 def task_loop(task: Task, method: PGraftConfig, **options) -> PGraftLoop:
     """The P-GRAFT loop of ``method`` on an embedded task (``options``: PGraftLoop's keywords)."""
-    return PGraftLoop(
-        task.base,
-        task.reward,
-        task.decode,
-        task.num_classes,
-        task.sample_shape,
-        method,
-        null_label=task.base.null_label,
-        duplicate_key=task.duplicate_key,
-        **options,
-    )
+    return PGraftLoop(task, method, **options)
 
 
 def run_method(task: Task, method: PGraftConfig, run: RunDir, name: str) -> PGraftRun:

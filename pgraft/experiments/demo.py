@@ -54,7 +54,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
         "setup_s": task.pretrain_s,
         "cached_models": task.paths,
     }
-    if task.sample_metrics is not None:  # the task's metrics of real held-out data: the reference row
+    if task.metrics is not None:  # the task's metrics of real held-out data: the reference row
         conditions = task.num_classes if task.eval_conditions is None else task.eval_conditions.numel()
         info["real_held_out"] = real_reference(task, cfg.eval.samples_per_class * conditions)
     results = {
@@ -70,7 +70,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
     if "real_held_out" in info:
         rows.append({"model": "real held-out", **info["real_held_out"]})
     print(table(rows, columns(task)))
-    if task.sample_metrics is None:
+    if task.metrics is None:
         print(f"judge held-out accuracy {task.judge_accuracy:.4f}; real test images' mean reward", end=" ")
         print(f"{task.real_reward_mean:.4f}")
     print(f"wrote {run.path / 'results.json'}")
@@ -78,13 +78,13 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
 
 
 def columns(task) -> list[str]:
-    if task.sample_metrics is None:
+    if task.metrics is None:
         return COLUMNS
-    return ["model", "reward_mean", "reward_ci95", *task.sample_metrics.COLUMNS, "samples_drawn", "wall_s"]
+    return ["model", "reward_mean", "reward_ci95", *task.metrics.COLUMNS, "samples_drawn", "wall_s"]
 
 
 def real_reference(task, n: int) -> dict:
     """The task's metrics and reward on ``n`` real held-out samples (outside any metric reference)."""
-    decoded, labels = task.sample_metrics.real_samples(n)
+    decoded, labels = task.metrics.real_samples(n)
     mean, ci = mean_ci95(score(task.reward, decoded, labels))
-    return {"reward_mean": mean, "reward_ci95": list(ci), **task.sample_metrics(decoded, labels)}
+    return {"reward_mean": mean, "reward_ci95": list(ci), **task.metrics(decoded, labels)}

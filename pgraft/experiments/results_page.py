@@ -11,9 +11,11 @@ import json
 import math
 from pathlib import Path
 
+from ..config import registry
+
 SUMMARY_BEGIN = "<!-- results:summary (written by `pgraft results` from docs/results/*.json; do not edit) -->"
 SUMMARY_END = "<!-- /results:summary -->"
-TASKS = ("digits", "animals", "molecules", "layouts")
+TASKS = tuple(registry.BUILTIN)  # the tasks docs/results/ holds results of
 METHODS = {"base": "base", "ddpo": "DDPO", "grpo": "GRPO", "graft": "GRAFT"}
 
 

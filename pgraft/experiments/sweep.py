@@ -145,7 +145,11 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
                     "seed": seed,
                     **{k: summary[k] for k in ("reward_mean", "reward_ci95", "accuracy", "diversity")},
                     "reward_std": float(finite.std(unbiased=True)),
-                    "metrics": {k: summary[k] for k in getattr(task.sample_metrics, "COLUMNS", ()) if k != "diversity"},
+                    "metrics": {
+                        k: summary[k]
+                        for k in (task.metrics.COLUMNS if task.metrics is not None else ())
+                        if k != "diversity"
+                    },
                     "eval_samples": int(finite.numel()),
                     "cond_var": diag["cond_var"],
                     "total_var": diag["total_var"],

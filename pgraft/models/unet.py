@@ -1,26 +1,19 @@
 """A class-conditional diffusers UNet2DModel behind the engine's denoiser signature.
 
-The engine only ever calls ``denoiser(x_t, t, cond) -> network output`` and reads
-``denoiser.prediction_type`` ("epsilon" or "v_prediction"); class labels play the role of prompts.
+It meets the engine's denoiser contract (pgraft/models/denoiser.py); class labels play the role
+of prompts.
 Label ``num_classes`` is the null label used for classifier-free guidance.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
 from diffusers import UNet2DModel
 from torch import nn
 
 from ..config import UNetConfig
-
-
-class Denoiser(Protocol):
-    prediction_type: str
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor: ...
 
 
 def unet_layout(cfg: UNetConfig, image_size: int, channels: int, down: list[str], up: list[str]) -> dict:

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
+from ..config.registry import register_task
 from ..errors import PgraftError
-from .digits import ImageData
+from .images import ImageData, ImageTask
 
 CLASS_NAMES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 NUM_CLASSES = len(CLASS_NAMES)
@@ -77,3 +78,31 @@ def pretraining_prompts(labels: torch.Tensor, seed: int) -> torch.Tensor:
     """A seeded random phrasing for each training image: prompt id = class + NUM_CLASSES·phrasing."""
     g = torch.Generator().manual_seed(seed)
     return labels + NUM_CLASSES * torch.randint(0, len(PHRASINGS), labels.shape, generator=g)
+
+
+def build_base(cfg):
+    """The text-conditional UNet over all-MiniLM-L6-v2 token embeddings of every caption."""
+    from ..models.text_encoder import encode_captions
+    from ..models.text_unet import TextConditionalUNet
+
+    embeds, mask = encode_captions(captions())
+    return TextConditionalUNet.from_config(cfg.unet, cfg.image_size, embeds, mask)
+
+
+TASK = ImageTask(
+    "animals",
+    CLASS_NAMES,
+    lambda cfg: load_animals_split(cfg.image_size, cfg.test_fraction, cfg.split_seed),
+    build_base,
+    lambda cfg, y: pretraining_prompts(y, cfg.unet.seed),
+    lambda cfg: {"captions": captions(), "text_encoder": "all-MiniLM-L6-v2"},
+)
+register_task(
+    TASK.definition(
+        # the best of `pgraft compare --tune` (docs/results/tune_animals.json)
+        tuned_baselines={
+            "ddpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
+            "grpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
+        },
+    )
+)

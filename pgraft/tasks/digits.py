@@ -1,4 +1,5 @@
-"""The embedded default task's data: scikit-learn's 1797 real 8×8 handwritten digits.
+"""The embedded default task, `digits`: scikit-learn's 1797 real 8×8 handwritten digits, a
+class-conditional UNet2DModel base, a judge classifier's probability of the prompted digit as reward.
 
 Images are upsampled to ``image_size`` (bilinear), scaled to [-1, 1] for the diffusion model, and
 split into train / held-out test with a fixed seed, stratified by class.
@@ -6,25 +7,16 @@ split into train / held-out test with a fixed seed, stratified by class.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from ..config.registry import register_task
+from .images import ImageData, ImageTask, class_conditional_base, decode  # noqa: F401  (decode: the task's)
+
 NUM_CLASSES = 10
 CLASS_NAMES = [str(i) for i in range(NUM_CLASSES)]
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """A labelled image data set split into train and held-out test."""
-
-    train_x: torch.Tensor  # [N, 1, S, S] in [-1, 1]
-    train_y: torch.Tensor  # [N] int64
-    test_x: torch.Tensor
-    test_y: torch.Tensor
 
 
 def load_digits_split(image_size: int = 16, test_fraction: float = 0.2, seed: int = 0) -> ImageData:
@@ -40,6 +32,18 @@ def load_digits_split(image_size: int = 16, test_fraction: float = 0.2, seed: in
     return ImageData(x[tr], y[tr], x[te], y[te])
 
 
-def decode(x: torch.Tensor) -> torch.Tensor:
-    """Model space [-1, 1] → image space [0, 1] (what rewards take)."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
+TASK = ImageTask(
+    "digits",
+    CLASS_NAMES,
+    lambda cfg: load_digits_split(cfg.image_size, cfg.test_fraction, cfg.split_seed),
+    lambda cfg: class_conditional_base(cfg, NUM_CLASSES),
+)
+register_task(
+    TASK.definition(
+        # the best of `pgraft compare --tune` (one seed, its own held-out seeds; docs/results/tune_digits.json)
+        tuned_baselines={
+            "ddpo": {"train": {"lr": 3e-4}, "pg": {"clip_range": 1e-2}},
+            "grpo": {"train": {"lr": 1e-3}, "pg": {"clip_range": 1e-2}},
+        },
+    )
+)

@@ -3,7 +3,6 @@ selection groups, held-out prompts are evaluated), and the configured reward."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -13,13 +12,12 @@ from ..engine.distributed import local_device
 from ..models.stable_diffusion import load_stable_diffusion
 from ..prompts import load_prompts, split_prompts
 from ..rewards.build import build_reward
+from .task import Task
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def prepare_sd_task(cfg: TrainRunConfig):
-    from . import Task  # the Task record of every task
-
+def prepare_sd_task(cfg: TrainRunConfig) -> Task:
     t0 = time.time()
     sd_cfg: StableDiffusionConfig = cfg.stable_diffusion
     prompts = load_prompts(sd_cfg.prompts)
@@ -43,9 +41,7 @@ def prepare_sd_task(cfg: TrainRunConfig):
         data=None,
         base=sd.denoiser,
         reward=build_reward(cfg.reward, texts, device),
-        judge_accuracy=math.nan,
-        real_reward_mean=math.nan,
-        num_classes=len(train),
+        num_conditions=len(train),
         class_names=texts,
         sample_shape=sd.sample_shape,
         decode=sd.decode,
