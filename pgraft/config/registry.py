@@ -9,6 +9,7 @@ entry point in the ``pgraft.tasks`` group whose object is its definition (docs/c
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ def unregister_task(name: str) -> None:
     _REGISTERED.pop(name, None)
 
 
+@functools.cache  # scanning the installed distributions costs milliseconds; configs validate often
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINTS)}
 

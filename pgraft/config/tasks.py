@@ -116,9 +116,10 @@ def _task_name(data: dict) -> str:
 def with_task_defaults(data: Any, sections: tuple[str, ...] = ("method", "eval")) -> Any:
     """``data`` with the chosen task's preset defaults merged under the given sections (the config
     wins; a section given as a config object is taken whole)."""
-    if not isinstance(data, dict) or not registry.is_known(name := _task_name(data)):
+    task = task_definition(data)
+    if task is None:
         return data  # field validation reports the bad task name
-    defaults = registry.get(name).defaults
+    defaults = task.defaults
     mergeable = [k for k in sections if k in defaults and isinstance(data.get(k, {}), dict)]
     return {**data, **{k: deep_merge(defaults[k], data.get(k, {})) for k in mergeable}}
 

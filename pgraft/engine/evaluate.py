@@ -86,7 +86,7 @@ def evaluate(
     sample_shape, decode, cfg, null_label=..., conditions=..., metrics=...)``, still works with a warning."""
     if not isinstance(problem, Problem):
         legacy_keywords.setdefault("base", None)  # sampling goes through the policy
-        (problem, cfg), legacy = problem_from_legacy(
+        problem, (cfg, *legacy) = problem_from_legacy(
             "evaluate", _LEGACY_EVALUATE, (problem, cfg, *legacy), legacy_keywords
         )
     if legacy or legacy_keywords:

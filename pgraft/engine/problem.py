@@ -64,11 +64,10 @@ class Problem:
 _FIELDS = {f.name for f in fields(Problem)}
 
 
-def problem_from_legacy(caller: str, positional: tuple[str, ...], args: tuple, kwargs: dict) -> tuple[tuple, tuple]:
+def problem_from_legacy(caller: str, positional: tuple[str, ...], args: tuple, kwargs: dict) -> tuple[Problem, tuple]:
     """A call in the positional form of earlier versions (deprecated), as the new form: the first
     ``len(positional)`` ``args`` (named by ``positional``) and the keyword arguments that belong
-    to the Problem (popped from ``kwargs``) become one Problem. Returns ((the Problem, the next
-    argument), the arguments after that)."""
+    to the Problem (popped from ``kwargs``) become one Problem. Returns it and the arguments after."""
     warnings.warn(
         f"{caller}({', '.join(positional)}, ...) is deprecated: pass a pgraft.Problem(...) "
         f"(or a prepared task) in their place",
@@ -81,5 +80,4 @@ def problem_from_legacy(caller: str, positional: tuple[str, ...], args: tuple, k
     if "conditions" in kwargs:  # evaluate()'s name for the held-out conditions
         kwargs["eval_conditions"] = kwargs.pop("conditions")
     given.update({k: kwargs.pop(k) for k in list(kwargs) if k in _FIELDS})
-    rest = args[len(positional) :]
-    return (Problem(**given), rest[0]), rest[1:]
+    return Problem(**given), args[len(positional) :]

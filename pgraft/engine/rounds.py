@@ -177,7 +177,7 @@ class PGraftLoop:
         The positional form of earlier versions, ``(base, reward_fn, decode, num_conditions,
         sample_shape, cfg, null_label=..., duplicate_key=...)``, still works with a warning."""
         if not isinstance(problem, Problem):
-            (problem, cfg), legacy = problem_from_legacy(
+            problem, (cfg, *legacy) = problem_from_legacy(
                 "PGraftLoop", _LEGACY_LOOP, (problem, cfg, *legacy), legacy_keywords
             )
         if legacy or legacy_keywords:
