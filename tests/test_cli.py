@@ -95,6 +95,8 @@ def test_tiny_demo_then_sweep_write_the_documented_results(tmp_path, monkeypatch
         assert abs(r["reward_mean"] - sum(p["reward_mean"] for p in r["per_seed"]) / 3) < 1e-9
         assert r["per_seed"][2] == r2["per_seed"][0]
     assert [len(d["per_seed"]) for d in merged["diagnostic"]] == [3] * 5
+    run_times = [json.loads((tmp_path / r / "results.json").read_text())["total_wall_s"] for r in ("sweep", "s2")]
+    assert merged["runs_wall_s"] == run_times and merged["total_wall_s"] == pytest.approx(sum(run_times))
     assert main([*sweep_args, "--set", "seeds=[2]", "--set", "method.rounds=2", "--out", str(tmp_path / "x")]) == 0
     assert main(["sweep", "--merge", str(tmp_path / "sweep"), str(tmp_path / "x"), "--out", str(tmp_path / "m2")]) == 2
     assert main(["sweep", "--merge", str(tmp_path / "s2"), str(tmp_path / "s2"), "--out", str(tmp_path / "m3")]) == 2
@@ -218,6 +220,8 @@ def test_tiny_compare_writes_curves_costs_and_the_documented_shape(tmp_path, mon
     assert main(["compare", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
     merged = json.loads((tmp_path / "m" / "results.json").read_text())
     assert merged["seeds"] == [0, 1] and merged["complete"]
+    run_times = [json.loads((tmp_path / f"s{seed}" / "results.json").read_text())["total_wall_s"] for seed in (0, 1)]
+    assert min(run_times) > 0 and merged["total_wall_s"] == pytest.approx(sum(run_times))  # the runs' own times
     for name, m in res["methods"].items():
         assert merged["methods"][name]["final"]["reward_mean"] == pytest.approx(m["final"]["reward_mean"])
         if name != "base":

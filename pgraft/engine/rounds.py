@@ -58,13 +58,15 @@ class RoundLog:
     invalid_rewards: int
     accepted_reward_mean: float
     train_loss: float
-    wall_s: float
+    wall_s: float  # rollout_s + train_s
     # network passes spent, counted in rows (one sample through the network once; CFG counts 2)
     rollout_forward: int = 0
     train_forward: int = 0
     train_backward: int = 0
     # policy-gradient learners: max |ρ − 1| in the round's first PPO pass (rounding-level when healthy)
     first_ratio_dev: float | None = None
+    rollout_s: float = 0.0  # rollout → reward → select → buffer
+    train_s: float = 0.0
 
 
 @dataclass
@@ -288,7 +290,6 @@ class PGraftLoop:
         self._segment_start = time.time()
         cfg, st = self.cfg, self.state
         for k in tqdm(range(st.round, cfg.rounds), desc=f"{self.name} rounds", disable=not self.progress):
-            t0 = time.time()
             if st.in_round:  # resumed mid-round: the buffer already holds this round's rows
                 self.trainer.attach(self._training_data(), st.stream)
             else:
@@ -296,6 +297,7 @@ class PGraftLoop:
                 st.in_round, st.step, st.losses = True, 0, []
                 if len(self.buffer):
                     self.trainer.attach(self._training_data())
+            train_start = time.time()
             steps = self._steps_this_round()
             if len(self.buffer):
                 self.trainer.train(
@@ -309,10 +311,11 @@ class PGraftLoop:
                 log.warning("%s round %d: the rule accepted no sample; no training this round", self.name, k)
             losses = st.losses[-10:] or [float("nan")]
             fields = dict(st.partial)
-            rollout_s = fields.pop("rollout_s")
+            # the rollout's time comes from the round's log (a resumed round's rollout ran before)
+            train_s = time.time() - train_start
             entry = RoundLog(
-                round=k, **fields, train_loss=sum(losses) / len(losses), wall_s=rollout_s + time.time() - t0,
-                train_forward=st.passes[0], train_backward=st.passes[1],
+                round=k, **fields, train_loss=sum(losses) / len(losses), wall_s=fields["rollout_s"] + train_s,
+                train_s=train_s, train_forward=st.passes[0], train_backward=st.passes[1],
             )  # fmt: skip
             st.history.append(asdict(entry))
             if self.on_round is not None:

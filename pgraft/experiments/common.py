@@ -89,3 +89,8 @@ def load_seed_runs(runs: list[str | Path], cls: type, what: str) -> tuple[list[d
 
 def model_summary(ev: Evaluation, samples_drawn: int, wall_s: float) -> dict:
     return {**ev.summary(), "samples_drawn": samples_drawn, "wall_s": wall_s}
+
+
+def merged_wall_s(parts: list[dict]) -> float:
+    """A merged run's time: the sum of its runs' own times (``--merge`` computes nothing worth counting)."""
+    return float(sum(p["total_wall_s"] for p in parts))

@@ -25,7 +25,7 @@ from ..engine.compose import Single
 from ..engine.evaluate import Evaluation
 from ..report import plot_compare, table
 from ..tasks import Task
-from .common import evaluate_on_task, load_seed_runs, start_experiment, task_loop
+from .common import evaluate_on_task, load_seed_runs, merged_wall_s, start_experiment, task_loop
 from .run_dir import RunDir
 from .sweep import pooled_reward
 
@@ -155,7 +155,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
                     task.save_samples(ev.images, ev.labels, grid, title)
                 bar.update()
         info = {"base_variant": cfg.task.base, "judge_accuracy": task.judge_accuracy}
-        results = _write(cfg, run, base, start, per_run, cfg.seeds[:done], info, exp.started)
+        results = _write(cfg, run, base, start, per_run, cfg.seeds[:done], info, time.time() - exp.started)
     bar.close()
     run.close()
     _report(results, run.path)
@@ -163,7 +163,7 @@ def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> 
 
 
 def _write(
-    cfg: CompareConfig, run: RunDir, base: dict, start: dict, per_run: dict, seeds: list[int], info: dict, started
+    cfg: CompareConfig, run: RunDir, base: dict, start: dict, per_run: dict, seeds: list[int], info: dict, wall_s: float
 ) -> dict:
     methods = {"base": base, **{n: summarise(p, start) for n, p in per_run.items()}}
     results = {
@@ -175,7 +175,7 @@ def _write(
         "equal_compute": winner_at(methods, "passes"),
         "config": cfg.model_dump(mode="json"),
         "task_info": info,
-        "total_wall_s": time.time() - started,
+        "total_wall_s": wall_s,
     }
     plot_compare(methods, run.path, title=f"{cfg.task.label}: {len(seeds)} seed(s)")
     run.results(results)
@@ -185,7 +185,6 @@ def _write(
 def merge_compares(runs: list[str | Path], out: str | Path) -> dict:
     """One comparison from finished runs of one config on different seeds (`pgraft compare --merge`),
     re-summarised from their per-seed records."""
-    started = time.time()
     parts, cfg = load_seed_runs(runs, CompareConfig, "compare")
     per_run: dict[str, list[dict]] = {}
     for part in parts:
@@ -197,8 +196,9 @@ def merge_compares(runs: list[str | Path], out: str | Path) -> dict:
     start = next(m["curve"][0] for n, m in parts[0]["methods"].items() if n != "base")
     base = parts[0]["methods"]["base"]
     run = RunDir(out, cfg)
-    results = _write(cfg, run, base, start, per_run, cfg.seeds, parts[0]["task_info"], started)
+    results = _write(cfg, run, base, start, per_run, cfg.seeds, parts[0]["task_info"], merged_wall_s(parts))
     results["merged_from"] = [str(p) for p in runs]
+    results["runs_wall_s"] = [p["total_wall_s"] for p in parts]
     run.results(results)
     run.close()
     _report(results, run.path)

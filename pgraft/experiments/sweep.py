@@ -21,7 +21,7 @@ from ..rewards.base import score
 from ..seeding import generator
 from ..stats import pool  # noqa: F401  (part of this module's API)
 from ..tasks import Task
-from .common import evaluate_on_task, load_seed_runs, run_method, start_experiment
+from .common import evaluate_on_task, load_seed_runs, merged_wall_s, run_method, start_experiment
 from .run_dir import RunDir
 
 COLUMNS = [
@@ -164,7 +164,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
             {"n_i_frac": f, "n_i": n_i, **_diag_row(diag_per_seed[n_i]), "per_seed": diag_per_seed[n_i]}
             for f, n_i in diag_levels
         ]
-        results = _write(cfg, run, rows, diagnostic, cfg.seeds[:done], schedule.steps, exp.started)
+        results = _write(cfg, run, rows, diagnostic, cfg.seeds[:done], schedule.steps, time.time() - exp.started)
     bar.close()
     run.close()
     print(table(rows, columns(rows)))
@@ -177,7 +177,6 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, force: bool = False) -> dict
 def merge_sweeps(runs: list[str | Path], out: str | Path) -> dict:
     """One sweep from several finished sweep runs of the same config that ran different seeds
     (`pgraft sweep --merge RUN ... --out DIR`): seeds can run as separate jobs, in parallel."""
-    started = time.time()
     parts, cfg = load_seed_runs(runs, SweepConfig, "sweep")
     rows, diagnostic = [], []
     for i, row in enumerate(parts[0]["rows"]):
@@ -187,8 +186,9 @@ def merge_sweeps(runs: list[str | Path], out: str | Path) -> dict:
         per_seed = sorted((p for part in parts for p in part["diagnostic"][i]["per_seed"]), key=lambda p: p["seed"])
         diagnostic.append({"n_i_frac": row["n_i_frac"], "n_i": row["n_i"], **_diag_row(per_seed), "per_seed": per_seed})
     run = RunDir(out, cfg)
-    results = _write(cfg, run, rows, diagnostic, cfg.seeds, parts[0]["sampler_steps"], started)
+    results = _write(cfg, run, rows, diagnostic, cfg.seeds, parts[0]["sampler_steps"], merged_wall_s(parts))
     results["merged_from"] = [str(p) for p in runs]
+    results["runs_wall_s"] = [p["total_wall_s"] for p in parts]
     run.results(results)
     run.close()
     print(table(rows, columns(rows)))
@@ -197,7 +197,7 @@ def merge_sweeps(runs: list[str | Path], out: str | Path) -> dict:
 
 
 def _write(
-    cfg: SweepConfig, run, rows: list[dict], diagnostic: list[dict], seeds: list[int], steps: int, started: float
+    cfg: SweepConfig, run, rows: list[dict], diagnostic: list[dict], seeds: list[int], steps: int, wall_s: float
 ) -> dict:
     best = max(rows, key=lambda r: r["reward_mean"])
     results = {
@@ -209,7 +209,7 @@ def _write(
         "best_n_i_frac": best["n_i_frac"],
         "sampler_steps": steps,
         "config": cfg.model_dump(mode="json"),
-        "total_wall_s": time.time() - started,
+        "total_wall_s": wall_s,
     }
     title = f"{cfg.task.label}: P-GRAFT across N_I ({len(seeds)} seeds)"
     plot_sweep(
