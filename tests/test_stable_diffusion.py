@@ -178,3 +178,28 @@ def test_saved_lora_loads_in_diffusers_and_reproduces_the_engine_images(sd_folde
         latents=latents, num_inference_steps=5, guidance_scale=3.0, eta=0.0, output_type="pt",
     ).images  # fmt: skip
     torch.testing.assert_close(theirs.float(), ours, atol=2e-4, rtol=0)
+
+
+def test_a_folder_with_a_bert_text_encoder_embeds_and_samples_as_diffusers_does(tmp_path):
+    """A folder whose text encoder is BERT-like (the scenes task's MiniLM is one): the loader embeds
+    prompts exactly as diffusers' pipeline does (16 tokens, masked), and both sample the same images."""
+    from diffusers import StableDiffusionPipeline
+
+    from pgraft.engine.compose import Single
+
+    folder = build_tiny_sd(tmp_path / "sd", "v_prediction", text="bert")
+    sd = load_stable_diffusion(folder, PROMPTS[:2], negative_prompt="")
+    assert sd.denoiser.prompt_embeds.shape == (3, 16, 32)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, local_files_only=True)
+    assert type(pipe.text_encoder).__name__ == "BertModel"
+    with torch.no_grad():
+        pos, neg = pipe.encode_prompt(PROMPTS[:2], "cpu", 1, True, negative_prompt=["", ""])
+    torch.testing.assert_close(sd.denoiser.prompt_embeds[:2], pos, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sd.denoiser.prompt_embeds[2:].expand(2, -1, -1), neg, atol=1e-6, rtol=0)
+
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    ours = _engine_images(Single(sd.denoiser), sd, latents, 5, 3.0)  # prompt 0 for both
+    theirs = pipe(
+        PROMPTS[:1] * 2, latents=latents, num_inference_steps=5, guidance_scale=3.0, eta=0.0, output_type="pt"
+    ).images
+    torch.testing.assert_close(theirs.float(), ours, atol=2e-4, rtol=0)

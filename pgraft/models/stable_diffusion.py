@@ -1,10 +1,12 @@
 """Stable Diffusion 1.x / 2.x (ε- or v-prediction) from a local pipeline folder, as engine parts.
 
 The folder holds diffusers' components: unet/, vae/, text_encoder/, tokenizer/, scheduler/ (as
-`StableDiffusionPipeline.save_pretrained` writes them). The frozen CLIP text encoder embeds the
-prompt set once; the UNet becomes a :class:`TextConditionalUNet` whose condition is a prompt id
-(row P = the negative prompt, the null condition of classifier-free guidance); the VAE decodes
-latents to images for rewards in chunks. Nothing here is trained but the UNet (or its LoRA).
+`StableDiffusionPipeline.save_pretrained` writes them). The frozen text encoder (CLIP in SD 1.x
+and 2.x; any transformers encoder whose first output is its token embeddings, such as the scenes
+task's MiniLM) embeds the prompt set once, as diffusers' pipeline does; the UNet becomes a
+:class:`TextConditionalUNet` whose condition is a prompt id (row P = the negative prompt, the null
+condition of classifier-free guidance); the VAE decodes latents to images for rewards in chunks.
+Nothing here is trained but the UNet (or its LoRA).
 """
 
 from __future__ import annotations
@@ -58,12 +60,16 @@ class StableDiffusion:
 
 @torch.no_grad()
 def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    """CLIP token embeddings [P, 77, D] (padded to the tokenizer's max length, as SD pipelines do)."""
-    ids = tokenizer(
+    """Token embeddings [P, L, D], exactly as diffusers' pipeline computes them: padded to the
+    tokenizer's max length L (77 for CLIP), with the attention mask passed only to an encoder whose
+    config sets ``use_attention_mask``."""
+    batch = tokenizer(
         list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+    )
     device = next(text_encoder.parameters()).device
-    return text_encoder(ids.to(device))[0].float().cpu()
+    masked = getattr(text_encoder.config, "use_attention_mask", False)
+    mask = batch.attention_mask.to(device) if masked else None
+    return text_encoder(batch.input_ids.to(device), attention_mask=mask)[0].float().cpu()
 
 
 def load_stable_diffusion(
@@ -78,7 +84,7 @@ def load_stable_diffusion(
 ) -> StableDiffusion:
     """Load SD from a local folder (``local_files_only``); ``attention``: auto | xformers | sdpa."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import AutoModel, AutoTokenizer
 
     path = Path(path)
     missing = [c for c in COMPONENTS if not (path / c).is_dir()]
@@ -94,8 +100,9 @@ def load_stable_diffusion(
     local = {"local_files_only": True}
     unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **local)
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **local)
-    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype, **local)
-    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **local)
+    # whatever encoder class the folder's config names (CLIPTextModel for SD, BertModel for MiniLM)
+    text_encoder = AutoModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype, **local)
+    tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", **local)
     config_file = path / "scheduler" / "scheduler_config.json"
     if not config_file.is_file():
         raise ConfigError(f"{config_file} is missing: the scheduler config defines the noise schedule")
