@@ -29,7 +29,8 @@ def test_the_registry_refuses_what_it_cannot_tell_apart(points):
     with pytest.raises(ValueError, match="embedded task"):
         registry.unregister_task("digits")
     with pytest.raises(
-        ConfigError, match="unknown task 'nope'; the known tasks are digits, animals, molecules, layouts, points"
+        ConfigError,
+        match="unknown task 'nope'; the known tasks are digits, animals, molecules, layouts, scenes, points",
     ):
         registry.get("nope")
 

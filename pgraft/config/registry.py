@@ -25,6 +25,7 @@ BUILTIN: dict[str, str] = {
     "animals": "pgraft.tasks.animals",
     "molecules": "pgraft.tasks.molecules",
     "layouts": "pgraft.tasks.layouts",
+    "scenes": "pgraft.tasks.scenes",
 }
 ENTRY_POINTS = "pgraft.tasks"
 

@@ -2,7 +2,8 @@
 
 Conditions are integer ids (class labels or prompt ids). Available: the judge classifier
 (embedded tasks), JPEG compressibility / incompressibility (DDPO), CLIPScore and the LAION
-aesthetic predictor (local CLIP weights), VQAScore (optional extra), and a weighted sum.
+aesthetic predictor (local CLIP weights), VQAScore (optional extra), P(yes) from a local
+image–text model (VQAScore's form; the scenes task's reward), and a weighted sum.
 """
 
 from .base import RewardFn, score
@@ -11,6 +12,7 @@ from .jpeg import jpeg_compressibility, jpeg_incompressibility
 from .judge import JudgeReward
 from .vqascore import VQAScore
 from .weighted import WeightedSum
+from .yes_probability import YesProbability
 
 __all__ = [
     "RewardFn",
@@ -22,4 +24,5 @@ __all__ = [
     "AestheticScore",
     "VQAScore",
     "WeightedSum",
+    "YesProbability",
 ]
