@@ -1,5 +1,6 @@
 """The statistics every part of pgraft shares: normal confidence intervals, pooling seeds' summaries,
-the paired difference of two evaluations on common noise, and the Fréchet distance of feature sets."""
+intervals over seeds, the paired difference of two evaluations on common noise, and the Fréchet
+distance of feature sets."""
 
 from __future__ import annotations
 
@@ -26,6 +27,21 @@ def pool(stats: list[tuple[int, float, float]]) -> tuple[float, tuple[float, flo
     ss = sum((k - 1) * s**2 + k * (m - mean) ** 2 for k, m, s in stats)
     half = Z95 * math.sqrt(ss / (n - 1) / n)
     return mean, (mean - half, mean + half)
+
+
+def seed_ci95(values: list[float]) -> tuple[float, list[float] | None]:
+    """Mean of per-seed values (final rewards, or two methods' per-seed differences) and the 95%
+    Student-t interval over seeds (None with one seed). Seeds, not samples, are the replicates of
+    a training run: this is the interval a claim across seeds rests on, wider than the pooled
+    sample CI wherever runs differ more than their evaluations' noise."""
+    from scipy import stats
+
+    v = torch.tensor(values, dtype=torch.float64)
+    mean = float(v.mean())
+    if v.numel() < 2:
+        return mean, None
+    half = float(stats.t.ppf(0.975, v.numel() - 1)) * float(v.std(unbiased=True)) / math.sqrt(v.numel())
+    return mean, [mean - half, mean + half]
 
 
 def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, int]:

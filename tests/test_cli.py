@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pgraft.cli import main
+from pgraft.stats import seed_ci95
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -116,6 +117,13 @@ def test_pooling_seeds_from_their_summaries_equals_pooling_their_rewards():
     assert abs(mean - ref_mean) < 1e-12 and max(abs(a - b) for a, b in zip(ci, ref_ci)) < 1e-12
 
 
+def test_the_seed_interval_is_students_t_over_seed_means():
+    mean, ci = seed_ci95([0.2, 0.4, 0.6])
+    half = 4.302652729911275 * 0.2 / 3**0.5  # t(0.975, 2 dof) · s / √n
+    assert mean == pytest.approx(0.4) and ci == pytest.approx([0.4 - half, 0.4 + half], abs=1e-9)
+    assert seed_ci95([0.5]) == (0.5, None)  # one seed: no interval over seeds
+
+
 def test_corrupt_cached_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PGRAFT_CACHE", str(tmp_path / "cache"))
     tiny_task = [
@@ -220,6 +228,29 @@ def test_tiny_compare_writes_curves_costs_and_the_documented_shape(tmp_path, mon
     assert main(["compare", "--merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
     merged = json.loads((tmp_path / "m" / "results.json").read_text())
     assert merged["seeds"] == [0, 1] and merged["complete"]
+    # claims across seeds: each final's t-interval over seeds, every pair's per-seed difference
+    for name, m in merged["methods"].items():
+        if name != "base":
+            seed_means = [p["final"]["reward_mean"] for p in m["per_seed"]]
+            assert m["final"]["reward_seed_ci95"] == pytest.approx(seed_ci95(seed_means)[1])
+    diff = merged["differences"]["ddpo - graft"]  # pairs in the methods' order
+    ddpo, graft = ([p["final"]["reward_mean"] for p in merged["methods"][n]["per_seed"]] for n in ("ddpo", "graft"))
+    assert diff["seeds"] == 2 and diff["mean"] == pytest.approx((ddpo[0] - graft[0] + ddpo[1] - graft[1]) / 2)
+    assert len(merged["differences"]) == 10  # every pair of the 5 methods, the base's included
+    assert diff["decided"] == (diff["seed_ci95"][0] > 0 or diff["seed_ci95"][1] < 0)
+    reach = merged["samples_to_threshold"]
+    finals = [m["final"]["reward_mean"] for m in merged["methods"].values()]
+    base_reward = merged["methods"]["base"]["final"]["reward_mean"]
+    assert reach["threshold"] == pytest.approx(base_reward + 0.9 * (max(finals) - base_reward))
+    for name, r in reach["methods"].items():
+        assert len(r["per_seed"]) == 2 and r["within"] == merged["methods"][name]["final"]["samples"]
+        for hit, p in zip(r["per_seed"], merged["methods"][name]["per_seed"]):
+            crossed = [pt["samples"] for pt in p["curve"] if pt["reward_mean"] >= reach["threshold"]]
+            assert hit == (crossed[0] if crossed else None)
+    from pgraft.experiments.results_page import compare_section
+
+    page = "\n".join(compare_section("digits", merged))
+    assert "95% CI over seeds" in page and "DDPO − GRAFT" in page and "Samples to reach" in page
     run_times = [json.loads((tmp_path / f"s{seed}" / "results.json").read_text())["total_wall_s"] for seed in (0, 1)]
     assert min(run_times) > 0 and merged["total_wall_s"] == pytest.approx(sum(run_times))  # the runs' own times
     for name, m in res["methods"].items():

@@ -24,6 +24,7 @@ from ..config import CompareConfig, EvalConfig, PGraftConfig, deep_merge
 from ..engine.compose import Single
 from ..engine.evaluate import Evaluation
 from ..report import plot_compare, table
+from ..stats import seed_ci95
 from ..tasks import Task
 from .common import evaluate_on_task, load_seed_runs, merged_wall_s, start_experiment, task_loop
 from .run_dir import RunDir
@@ -34,6 +35,7 @@ COLUMNS = [
     "reward_mean",
     "reward_ci95",
     "reward_seed_std",
+    "reward_seed_ci95",
     "accuracy",
     "diversity",
     "samples",
@@ -119,6 +121,48 @@ def summarise(per_seed: list[dict], start: dict) -> dict:
     return {"curve": curve, "final": final, "per_seed": per_seed}
 
 
+def pairwise_differences(methods: dict) -> dict:
+    """Every pair's difference in final held-out reward, seed by seed, with its t-interval over
+    seeds. Every method is evaluated on the same held-out noise, so the differences are paired; the
+    base (one evaluation) enters as a constant. ``decided``: the interval excludes 0."""
+    base = methods["base"]["final"]["reward_mean"]
+    by_seed = {
+        n: {p["seed"]: p["final"]["reward_mean"] for p in m["per_seed"]} for n, m in methods.items() if n != "base"
+    }
+    seeds = sorted(set.intersection(*(set(v) for v in by_seed.values()))) if by_seed else []
+    value = lambda name, seed: by_seed[name][seed] if name in by_seed else base  # noqa: E731
+    out = {}
+    for a, b in itertools.combinations(methods, 2):
+        mean, ci = seed_ci95([value(a, s) - value(b, s) for s in seeds])
+        out[f"{a} - {b}"] = {"mean": mean, "seed_ci95": ci, "seeds": len(seeds),
+                             "decided": ci is not None and (ci[0] > 0 or ci[1] < 0)}  # fmt: skip
+    return out
+
+
+def samples_to_threshold(methods: dict, fraction: float = 0.9) -> dict:
+    """Samples each method's seeds drew before their curve first reached the threshold: the base's
+    reward plus ``fraction`` of the way to the best final reward any method reached (ours: defined
+    for any reward's scale and sign). A seed that never reaches it is None: "not reached within
+    ``within`` samples"."""
+    base = methods["base"]["final"]["reward_mean"]
+    best = max(m["final"]["reward_mean"] for m in methods.values())
+    threshold = base + fraction * (best - base)
+    out = {}
+    for name, m in methods.items():
+        if name == "base":
+            continue
+        hits = [
+            next((pt["samples"] for pt in p["curve"] if pt["reward_mean"] >= threshold), None) for p in m["per_seed"]
+        ]
+        reached = [h for h in hits if h is not None]
+        out[name] = {
+            "per_seed": hits,
+            "mean": sum(reached) / len(reached) if reached and len(reached) == len(hits) else None,
+            "within": m["final"]["samples"],
+        }
+    return {"fraction": fraction, "threshold": threshold, "methods": out}
+
+
 def run_compare(cfg: CompareConfig, out: str | Path, *, force: bool = False) -> dict:
     """Seeds in the outer loop; results.json and the plots are rewritten after every seed."""
     exp = start_experiment(cfg, out, force)
@@ -171,6 +215,8 @@ def _write(
         "seeds": list(seeds),
         "complete": len(seeds) == len(cfg.seeds),
         "methods": methods,
+        "differences": pairwise_differences(methods),
+        "samples_to_threshold": samples_to_threshold(methods),
         "equal_samples": winner_at(methods, "samples"),
         "equal_compute": winner_at(methods, "passes"),
         "config": cfg.model_dump(mode="json"),

@@ -91,23 +91,54 @@ def summary(folder: Path) -> list[str]:
 
 # -- the sections of docs/results.md -----------------------------------------------------------------
 def compare_section(task: str, compare: dict) -> list[str]:
+    by_seed = "differences" in compare  # comparisons that carry intervals over seeds
     rows = []
     for key, m in compare["methods"].items():
         final = m["final"]
         seeds = ", ".join(num(s["final"]["reward_mean"]) for s in m.get("per_seed", []))
-        rows.append([label(key), ci(final), num(final.get("reward_seed_std")), seeds or "—",
-                     num(final.get("samples")), num(final.get("passes")), seconds(final.get("wall_s"))])  # fmt: skip
+        row = [label(key), ci(final), num(final.get("reward_seed_std")), seeds or "—"]
+        row += [interval(final.get("reward_seed_ci95"))] if by_seed else []
+        rows.append([*row, num(final.get("samples")), num(final.get("passes")), seconds(final.get("wall_s"))])
+    header = ["method", "held-out reward [95% CI], seeds pooled", "seed std", "per seed"]
+    header += ["95% CI over seeds"] if by_seed else []
     eq = compare["equal_samples"]
-    return [
+    lines = [
         f"### {task}",
         "",
-        *table(
-            ["method", "held-out reward [95% CI], seeds pooled", "seed std", "per seed", "samples", "passes", "wall s"],
-            rows,
-        ),  # fmt: skip
+        *table([*header, "samples", "passes", "wall s"], rows),
         "",
         f"Seeds {', '.join(map(str, compare['seeds']))}; at {eq['at']:,} samples the highest curve is "
         f"{label(eq['winner'])}. Source: `docs/results/compare_{task}.json`.",
+        "",
+    ]
+    if by_seed:
+        lines += differences_table(compare)
+    return lines
+
+
+def interval(ci95) -> str:
+    return "—" if ci95 is None else f"[{num(ci95[0])}, {num(ci95[1])}]"
+
+
+def differences_table(compare: dict) -> list[str]:
+    """Each pair's final-reward difference over seeds, and the samples each method took to reach the
+    threshold (the base plus 90% of the way to the best final reward)."""
+    rows = []
+    for pair, d in compare["differences"].items():
+        a, b = pair.split(" - ")
+        rows.append(
+            [f"{label(a)} − {label(b)}", num(d["mean"]), interval(d["seed_ci95"]), "yes" if d["decided"] else "no"]
+        )
+    reach = compare["samples_to_threshold"]
+    hits = [[label(k), ", ".join("—" if h is None else f"{h:,}" for h in r["per_seed"]), f"{r['within']:,}"]
+            for k, r in reach["methods"].items()]  # fmt: skip
+    return [
+        *table(["difference", "mean", "95% CI over seeds (paired)", "decided"], rows),
+        "",
+        f"Samples to reach {num(reach['threshold'])} (the base plus {reach['fraction']:.0%} of the way to the best "
+        "final reward), per seed (— : not reached within the budget):",
+        "",
+        *table(["method", "samples per seed", "budget"], hits),
         "",
     ]
 

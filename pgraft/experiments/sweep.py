@@ -19,7 +19,7 @@ from ..models.schedule import Schedule
 from ..report import plot_sweep, table
 from ..rewards.base import score
 from ..seeding import generator
-from ..stats import pool  # noqa: F401  (part of this module's API)
+from ..stats import pool, seed_ci95  # noqa: F401  (pool: part of this module's API)
 from ..tasks import Task
 from .common import evaluate_on_task, load_seed_runs, merged_wall_s, run_method, start_experiment
 from .run_dir import RunDir
@@ -72,14 +72,18 @@ def conditional_variance(
 
 def pooled_reward(per_seed: list[dict]) -> dict:
     """Seeds' held-out rewards (each with ``eval_samples``, ``reward_mean``, ``reward_std``): the
-    pooled mean and CI (sampling error within a seed) and the spread of the seeds' means
-    (reward_seed_std: between seeds)."""
+    pooled mean and CI (``reward_ci95``: sampling error within a seed only, a secondary figure),
+    the spread of the seeds' means (``reward_seed_std``) and the t-interval over seeds
+    (``reward_seed_ci95``, None with one seed: the interval claims rest on)."""
     mean, ci = pool([(p["eval_samples"], p["reward_mean"], p["reward_std"]) for p in per_seed])
-    means = torch.tensor([p["reward_mean"] for p in per_seed], dtype=torch.float64)
+    means = [p["reward_mean"] for p in per_seed]
     return {
         "reward_mean": mean,
         "reward_ci95": list(ci),
-        "reward_seed_std": float(means.std(unbiased=True)) if len(per_seed) > 1 else 0.0,
+        "reward_seed_std": float(torch.tensor(means, dtype=torch.float64).std(unbiased=True))
+        if len(means) > 1
+        else 0.0,
+        "reward_seed_ci95": seed_ci95(means)[1],
     }
 
 
