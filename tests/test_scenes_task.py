@@ -2,6 +2,8 @@
 reward into the cache, assembles a diffusers pipeline folder, and hands the engine a Problem
 whose metrics score real renders as GenEval would (all correct)."""
 
+import json
+
 import pytest
 import torch
 
@@ -60,3 +62,32 @@ def test_a_second_prepare_reads_the_cache(task):
     assert again.paths == task.paths
     for a, b in zip(again.base.parameters(), task.base.parameters()):
         assert torch.equal(a, b)
+
+
+def test_the_shipped_models_are_what_the_code_would_train():
+    """The default autoencoder, UNet and reward ship in the package under the hash of the config
+    that trained them (`pgraft pretrain --task scenes --ship`), and load into their architectures."""
+    from pgraft.io import load_state
+    from pgraft.tasks import cache, model_payloads
+    from pgraft.tasks.scenes.mini_sd import build_autoencoder
+    from pgraft.tasks.scenes.prompts import all_prompts
+    from pgraft.tasks.scenes.task import build_unet
+    from pgraft.tasks.scenes.vqa import MiniVQA
+
+    cfg = C.TaskConfig(name="scenes")
+    s = cfg.scenes
+    prompts = len(all_prompts())
+    builders = {
+        "vae": lambda: build_autoencoder(s.vae),
+        "unet": lambda: build_unet(s.unet),
+        "reward": lambda: MiniVQA(torch.zeros(prompts, 16, 384), torch.ones(prompts, 16, dtype=torch.bool), s.vqa),
+    }
+    payloads = model_payloads(cfg)
+    assert set(payloads) == set(builders)
+    for kind, payload in payloads.items():
+        path = cache.entry_path(cache.SHIPPED_ROOT, "scenes", kind, payload)
+        assert path.exists(), f"no shipped {kind}: run `pgraft pretrain --task scenes --ship`"
+        state, meta = load_state(path)  # verifies the checksum
+        assert meta["kind"] == kind and meta["config"] == json.loads(json.dumps(payload, default=str)), kind
+        assert path.stat().st_size < 8 << 20
+        builders[kind]().load_state_dict(state)

@@ -53,6 +53,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:
         "real_test_reward_mean": task.real_reward_mean,
         "setup_s": task.pretrain_s,
         "cached_models": task.paths,
+        **task.info,
     }
     if task.metrics is not None:  # the task's metrics of real held-out data: the reference row
         conditions = task.num_classes if task.eval_conditions is None else task.eval_conditions.numel()

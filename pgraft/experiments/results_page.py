@@ -143,7 +143,10 @@ def differences_table(compare: dict) -> list[str]:
     ]
 
 
-DEMO_METRICS = ("accuracy", "diversity", "validity", "uniqueness", "novelty", "fid", "overlap", "max_iou", "area")
+DEMO_METRICS = (
+    "accuracy", "diversity", "geneval", "well_formed", "validity", "uniqueness", "novelty", "fid", "overlap", "max_iou",
+    "area",
+)  # fmt: skip
 
 
 def demo_section(task: str, demo: dict) -> list[str]:

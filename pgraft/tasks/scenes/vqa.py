@@ -33,7 +33,7 @@ class VQAConfig(_Strict):
     layers: int = Field(3, ge=1)
     heads: int = Field(4, ge=1)
     scenes: int = Field(40_000, ge=100)  # distinct training renders
-    steps: int = Field(6_000, ge=1)
+    steps: int = Field(4_000, ge=1)
     batch: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
     hard_fraction: float = Field(0.5, ge=0, le=1)  # of the false prompts, the hard ones
