@@ -64,7 +64,7 @@ def test_nan_rewards_are_excluded_and_counted(tiny_digits_model):
 
 
 def test_a_rounds_wall_time_is_its_phases_and_the_rounds_fit_in_the_run(tiny_digits_model):
-    """wall_s = rollout_s + train_s, and the rounds, disjoint stretches of the run, sum to at most
+    """wall_s = rollout_wall_s + train_wall_s, and the rounds, disjoint stretches of the run, sum to at most
     the run's own time: a rollout counted twice (slow here: the reward sleeps) would overshoot it."""
 
     def slow_brightness(images, conditions):
@@ -77,8 +77,8 @@ def test_a_rounds_wall_time_is_its_phases_and_the_rounds_fit_in_the_run(tiny_dig
     run = run_pgraft(problem, _cfg(0).model_copy(update={"rounds": 2}), progress=False)
     elapsed = time.time() - started
     for r in run.history:
-        assert r.rollout_s >= 0.05 and r.train_s > 0
-        assert r.wall_s == pytest.approx(r.rollout_s + r.train_s, rel=1e-12)
+        assert r.rollout_wall_s >= 0.05 and r.train_wall_s > 0
+        assert r.wall_s == pytest.approx(r.rollout_wall_s + r.train_wall_s, rel=1e-12)
     assert sum(r.wall_s for r in run.history) <= run.wall_s <= elapsed
 
 
@@ -92,7 +92,7 @@ def test_the_positional_form_of_earlier_versions_warns_and_runs_the_same(tiny_di
     new = run_pgraft(problem, cfg, progress=False)
     with pytest.warns(DeprecationWarning, match=r"pass a pgraft.Problem"):
         old = run_pgraft(tiny_digits_model, brightness, decode, 3, (1, 8, 8), cfg, null_label=10, progress=False)
-    untimed = {"wall_s": 0, "rollout_s": 0, "train_s": 0}
+    untimed = {"wall_s": 0, "rollout_wall_s": 0, "train_wall_s": 0}
     assert [vars(r) | untimed for r in old.history] == [vars(r) | untimed for r in new.history]
     held_out = EvalConfig(samples_per_class=8)
     with pytest.warns(DeprecationWarning, match=r"evaluate\(reward, classify"):

@@ -58,15 +58,15 @@ class RoundLog:
     invalid_rewards: int
     accepted_reward_mean: float
     train_loss: float
-    wall_s: float  # rollout_s + train_s
+    wall_s: float  # rollout_wall_s + train_wall_s
     # network passes spent, counted in rows (one sample through the network once; CFG counts 2)
     rollout_forward: int = 0
     train_forward: int = 0
     train_backward: int = 0
     # policy-gradient learners: max |ρ − 1| in the round's first PPO pass (rounding-level when healthy)
     first_ratio_dev: float | None = None
-    rollout_s: float = 0.0  # rollout → reward → select → buffer
-    train_s: float = 0.0
+    rollout_wall_s: float = 0.0  # rollout → reward → select → buffer
+    train_wall_s: float = 0.0
 
 
 @dataclass
@@ -312,10 +312,10 @@ class PGraftLoop:
             losses = st.losses[-10:] or [float("nan")]
             fields = dict(st.partial)
             # the rollout's time comes from the round's log (a resumed round's rollout ran before)
-            train_s = time.time() - train_start
+            rollout_s, train_s = fields.pop("rollout_s"), time.time() - train_start
             entry = RoundLog(
-                round=k, **fields, train_loss=sum(losses) / len(losses), wall_s=fields["rollout_s"] + train_s,
-                train_s=train_s, train_forward=st.passes[0], train_backward=st.passes[1],
+                round=k, **fields, train_loss=sum(losses) / len(losses), wall_s=rollout_s + train_s,
+                rollout_wall_s=rollout_s, train_wall_s=train_s, train_forward=st.passes[0], train_backward=st.passes[1],
             )  # fmt: skip
             st.history.append(asdict(entry))
             if self.on_round is not None:
