@@ -60,6 +60,7 @@ def test_a_second_prepare_reads_the_cache(task):
     task, cache = task
     again = prepare_task(C.TaskConfig(name="scenes", cache_dir=cache, scenes=TOY), progress=False)
     assert again.paths == task.paths
+    assert len(list((cache / "scenes").glob("pipeline-*"))) == 1  # the same weights: the same folder
     for a, b in zip(again.base.parameters(), task.base.parameters()):
         assert torch.equal(a, b)
 

@@ -27,7 +27,7 @@ class Task(Problem):
     judge_accuracy: float = math.nan  # held-out accuracy of the judge on real test images (judged tasks)
     real_reward_mean: float = math.nan  # mean reward of real held-out data (the ceiling to compare with)
     render: Callable[..., Path] | None = None  # (decoded, labels, path, title): a picture of samples
-    info: dict[str, Any] = field(default_factory=dict)  # facts of the task's own the experiments report
+    info: dict[str, Any] = field(default_factory=dict)  # the task's own facts, which experiments report
 
     @property
     def num_classes(self) -> int:

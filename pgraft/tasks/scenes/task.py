@@ -97,8 +97,7 @@ class ScenesConfig(_Strict):
 @dataclass(frozen=True)
 class PretrainingSet:
     images: torch.Tensor  # [N, 3, 32, 32] in [0, 1]
-    drawn: torch.Tensor  # [N] the prompt (index into all_prompts) each scene was drawn for
-    captions: torch.Tensor  # [N] its caption: the drawn prompt, or a web-like one
+    captions: torch.Tensor  # [N] each scene's caption (index into all_prompts): its prompt, or a web-like one
 
 
 def pretraining_set(n: int, web_fraction: float, seed: int, progress: bool = False) -> PretrainingSet:
@@ -109,17 +108,15 @@ def pretraining_set(n: int, web_fraction: float, seed: int, progress: bool = Fal
     index = {p: i for i, p in enumerate(prompts)}
     by_category = [[i for i, p in enumerate(prompts) if p.category == c] for c in CATEGORIES]
     rng = np.random.default_rng(seed)
-    images, drawn, captions = [], [], []
+    images, captions = [], []
     for _ in tqdm(range(n), desc="render pretraining scenes", disable=not progress, leave=False):
         ids = by_category[rng.integers(len(by_category))]
         prompt = prompts[ids[rng.integers(len(ids))]]
         objects = draw_scene(prompt, rng)
         images.append(render(objects, rng))
-        drawn.append(index[prompt])
         web = rng.random() < web_fraction
         captions.append(index[web_caption(prompt, objects, rng)] if web else index[prompt])
-    as_long = functools.partial(torch.tensor, dtype=torch.long)
-    return PretrainingSet(torch.from_numpy(np.stack(images)), as_long(drawn), as_long(captions))
+    return PretrainingSet(torch.from_numpy(np.stack(images)), torch.tensor(captions, dtype=torch.long))
 
 
 def payloads(cfg: TaskConfig) -> dict[str, dict]:
@@ -168,9 +165,10 @@ class SceneMetrics:
         }
 
 
-def _pipeline_folder(cfg: TaskConfig, unet, codec: LatentCodec) -> Path:
-    """The mini SD as a diffusers pipeline folder in the cache (written once per UNet and VAE)."""
-    key = payloads(cfg)
+def _pipeline_folder(cfg: TaskConfig, unet, codec: LatentCodec, weights: list[str]) -> Path:
+    """The mini SD as a diffusers pipeline folder in the cache, written once per pair of UNet and
+    VAE weights (keyed by their files' checksums, so a retrained model gets a folder of its own)."""
+    key = {"weights": [json.loads(Path(w + ".json").read_text())["sha256"] for w in weights]}
     folder = cache.cache_root(cfg.cache_dir) / "scenes" / f"pipeline-{cache.config_key(key)}"
     if rank() == 0 and not (folder / "model_index.json").is_file():
         tmp = folder.with_name(folder.name + ".partial")
@@ -199,8 +197,8 @@ def prepare(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> T
 
     def pretrain_unet():
         embeds, _ = prompt_table([p.text for p in prompts] + [""])  # the last row: the null prompt
+        torch.manual_seed(s.unet.seed)  # the initial weights too, whatever ran before in the process
         model = TextConditionalUNet(build_unet(s.unet), embeds, None, s.unet.prediction_type, scheduler_config(s.unet))
-        torch.manual_seed(s.unet.seed)
         return pretrain(model, codec.encode(data().images), data().captions, s.unet, "task.scenes.unet", progress).unet
 
     unet, unet_path = pretrained(
@@ -221,7 +219,12 @@ def prepare(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> T
     check = make_pairs(conditions, s.reward_check, seed=s.vqa.seed + 1, hard_fraction=s.vqa.hard_fraction)
     reward_accuracy = accuracy_by_category(vqa, conditions, check)
 
-    sd = load_stable_diffusion(_pipeline_folder(cfg, unet, codec), texts, negative_prompt="", device=local_device())
+    sd = load_stable_diffusion(
+        _pipeline_folder(cfg, unet, codec, [str(unet_path), str(vae_path)]),
+        texts,
+        negative_prompt="",
+        device=local_device(),
+    )
     reward = YesProbability(vqa.to(local_device()))
     eval_ids = list(range(len(train_ids), len(conditions)))
     metrics = SceneMetrics(conditions, eval_ids, codec, s.reference_size, seed=s.data_seed + 1)
