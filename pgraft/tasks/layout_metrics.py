@@ -3,12 +3,14 @@ alignment, overlap, maximum IoU against real pages, diversity, and whether the e
 are present.
 
 Every metric reads the element types from the sample's condition (the type multiset), as the
-reward does. Within a type a generator's slots are exchangeable, so before comparing two layouts
-element by element both are put in reading order within each type (by centre y, then x).
+reward does. Within a type a generator's slots are exchangeable: maximum IoU matches them
+(Hungarian, as LayoutGAN++), diversity compares them in reading order within each type (by
+centre y, then x).
 """
 
 from __future__ import annotations
 
+import itertools
 from math import nan
 
 import torch
@@ -35,24 +37,58 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp_min(1e-12)
 
 
-def maximum_iou(gen: torch.Tensor, gen_cond: torch.Tensor, real: torch.Tensor, real_cond: torch.Tensor,
-                type_table: torch.Tensor) -> float:  # fmt: skip
-    """LayoutGAN++'s maximum IoU: within each type multiset, match generated layouts one-to-one to
-    real layouts of the same multiset (Hungarian, maximising the summed score) where a pair's score
-    is the mean IoU of their elements in reading order; the mean score over matched pairs.
-    Generated layouts whose multiset has no real layout are left out."""
+# Above this many elements of one type, the optimal matching within a pair of layouts is solved
+# pair by pair by scipy; up to it, by trying every permutation at once (6! = 720 at most).
+_ENUMERATED_MATCHING = 6
+
+
+def matched_iou_sum(iou: torch.Tensor) -> torch.Tensor:
+    """The largest total IoU of a one-to-one matching of two layouts' c elements of one type, for
+    every pair of layouts at once: ``iou`` [..., c, c] (row: the first layout's element) → [...]."""
+    c = iou.shape[-1]
+    if c == 1:
+        return iou[..., 0, 0]
+    if c <= _ENUMERATED_MATCHING:
+        perms = torch.tensor(list(itertools.permutations(range(c))), device=iou.device)  # [c!, c]
+        picked = iou[..., torch.arange(c, device=iou.device), perms]  # [..., c!, c]
+        return picked.sum(-1).amax(-1)
     from scipy.optimize import linear_sum_assignment
 
-    gen, _ = reading_order(gen, type_table[gen_cond])
-    real, _ = reading_order(real, type_table[real_cond])
+    flat = iou.reshape(-1, c, c).cpu().numpy()
+    best = [m[linear_sum_assignment(m, maximize=True)].sum() for m in flat]
+    return torch.tensor(best, dtype=iou.dtype).reshape(iou.shape[:-2])
+
+
+def pair_scores(gen: torch.Tensor, real: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+    """LayoutGAN++'s score of every (generated, real) pair of layouts of one type multiset: within
+    each type, the elements matched one-to-one to maximise their summed IoU (Hungarian); the sum
+    over types divided by the element count. ``gen`` [G, n, 4], ``real`` [R, n, 4] boxes
+    (cx, cy, w, h); ``types`` [n] their types (the same for every layout) → [G, R]."""
+    total = torch.zeros(gen.shape[0], real.shape[0], dtype=torch.float64)
+    for t in types.unique().tolist():
+        sel = types == t
+        iou = box_iou(gen[:, None, sel, None].double(), real[None, :, None, sel].double())  # [G, R, c, c]
+        total += matched_iou_sum(iou)
+    return total / types.numel()
+
+
+def maximum_iou(gen: torch.Tensor, gen_cond: torch.Tensor, real: torch.Tensor, real_cond: torch.Tensor,
+                type_table: torch.Tensor) -> float:  # fmt: skip
+    """LayoutGAN++'s maximum IoU, as its released code computes it (ktrk115/const_layout,
+    metric.py ``compute_maximum_iou``): within each type multiset, generated layouts are matched
+    one-to-one to real layouts of the same multiset (Hungarian, maximising the summed score),
+    where a pair's score is :func:`pair_scores` (elements matched by type, Hungarian again); the
+    mean score over all matched pairs. Generated layouts whose multiset has no real layout are
+    left out. (A zero-area box's IoU with a zero-area box is 0 here; NaN in the released code.)"""
+    from scipy.optimize import linear_sum_assignment
+
     scores = []
     for c in gen_cond.unique().tolist():
         r = real[real_cond == c]
         if r.shape[0] == 0:
             continue
-        g = gen[gen_cond == c]
-        n = int((type_table[c] >= 0).sum())
-        pair = box_iou(g[:, None, :n, 1:].double(), r[None, :, :n, 1:].double()).mean(-1)  # [a, b]
+        slots = type_table[c] >= 0  # the slots the multiset fills
+        pair = pair_scores(gen[gen_cond == c][:, slots, 1:], r[:, slots, 1:], type_table[c][slots])
         rows, cols = linear_sum_assignment(pair.numpy(), maximize=True)
         scores.append(pair[rows, cols])
     return float(torch.cat(scores).mean()) if scores else float("nan")

@@ -32,11 +32,14 @@ def corrupt_labels(labels: torch.Tensor, num_classes: int, rho: float, seed: int
     return out
 
 
-def pretrain(model: nn.Module, x: torch.Tensor, cond: torch.Tensor, u, field: str, progress: bool) -> nn.Module:
+def pretrain(model: nn.Module, x: torch.Tensor, cond: torch.Tensor, u, field: str, progress: bool,
+             on_step: Callable[[int, float], None] | None = None) -> nn.Module:  # fmt: skip
     """DDPM pretraining of ``model`` on data ``x`` with conditions ``cond``, through the same
     DeepSpeed trainer as GRAFT; ``u`` is the model config's pretraining budget (``field`` names it
-    in errors). Collective under several ranks: data-parallel with the same global batch (so the
-    same rows and noise draws as one process; the weights agree within float tolerance).
+    in errors); ``on_step(step, loss)`` runs after every optimizer step (curves of quality
+    against steps: tools/molecule_base_curve.py). Collective under several ranks: data-parallel
+    with the same global batch (so the same rows and noise draws as one process; the weights
+    agree within float tolerance).
     """
     w = world_size()
     if u.pretrain_batch % w:
@@ -51,7 +54,9 @@ def pretrain(model: nn.Module, x: torch.Tensor, cond: torch.Tensor, u, field: st
         decay_steps=u.pretrain_steps if u.pretrain_lr_schedule == "linear_decay" else 0,
     )
     trainer = DenoisingTrainer(model, schedule.alphas_cumprod, train_cfg, null_label=model.null_label, seed=u.seed)
-    trainer.train(TrainingData(x, cond, level=-1), u.pretrain_steps, progress=progress, desc="pretrain base")
+    trainer.train(
+        TrainingData(x, cond, level=-1), u.pretrain_steps, progress=progress, desc="pretrain base", on_step=on_step
+    )
     return model.eval().requires_grad_(False)
 
 
