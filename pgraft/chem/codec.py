@@ -165,7 +165,7 @@ def valency_valid(row: torch.Tensor) -> bool:
     for (j, i), cls in bonds:
         mol.AddBond(index[i], index[j], bond_types[cls])
         problem = _valence_problem(mol)
-        if problem is not None:
+        if problem is not None and problem[0] >= 0:  # an error that names no atom charges none
             atom = mol.GetAtomWithIdx(problem[0])
             if _CHARGEABLE.get(atom.GetSymbol()) == problem[1] - 1:
                 atom.SetFormalCharge(1)
