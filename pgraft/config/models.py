@@ -53,7 +53,7 @@ class GraphModelConfig(_Strict):
     num_train_timesteps: int = Field(1000, ge=10, le=10000)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    pretrain_steps: int = Field(8000, ge=1)  # ~20 epochs of QM9, ~15 min on 2 cores
+    pretrain_steps: int = Field(24000, ge=1)  # ~60 epochs of QM9, ~50 min on 2 cores (docs/molecules.md: the curve)
     pretrain_batch: int = Field(256, ge=1)
     pretrain_lr: float = Field(1e-3, gt=0)
     pretrain_lr_schedule: Literal["constant", "linear_decay"] = "linear_decay"
