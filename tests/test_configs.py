@@ -49,3 +49,16 @@ def test_task_defaults_sit_under_the_config_and_config_objects_win_whole():
     assert c.method == mine and c.eval.samples_per_class == 2000
     # the image tasks have no task defaults
     assert build(DemoConfig, {}, []).method == PGraftConfig()
+
+
+def test_a_comparisons_curve_evaluation_scales_with_its_final_one():
+    """Unset, the per-round curve draws a fifth of the final evaluation's samples per class: 10 of
+    digits' 50, 400 of molecules' 2,000 unconditional samples (10 would decide its winners)."""
+    from pgraft.config import CompareConfig, build
+
+    assert build(CompareConfig, {}, []).curve_samples_per_class == 10
+    assert build(CompareConfig, {}, ["task.name=molecules"]).curve_samples_per_class == 400
+    assert build(CompareConfig, {}, ["task.name=layouts"]).curve_samples_per_class == 1
+    assert build(CompareConfig, {}, ["task.name=molecules", "curve_samples_per_class=7"]).curve_samples_per_class == 7
+    with pytest.raises(C.ConfigError, match="curve_samples_per_class"):
+        build(CompareConfig, {}, ["curve_samples_per_class=0"])

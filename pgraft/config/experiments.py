@@ -146,7 +146,9 @@ class CompareConfig(_Strict):
     grpo: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     eval: EvalConfig = EvalConfig(samples_per_class=50)  # the final evaluation (3 seeds: 1,500 samples)
-    curve_samples_per_class: int = Field(10, ge=2)  # the evaluation after every round
+    # the evaluation after every round; unset: a fifth of ``eval``'s (at least 1), so that a task
+    # whose final evaluation is large (molecules: 2,000 unconditional samples) gets a curve that is too
+    curve_samples_per_class: int | None = Field(None, ge=1)
     tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="before")
@@ -172,6 +174,8 @@ class CompareConfig(_Strict):
                 raise ValueError(f"pgraft_n_i entries must lie in [1, {self.method.sampler.steps}), got {n_i}")
         for name in self.methods:
             self.method_configs(name, self.seeds[0])  # raises, naming the method, if invalid
+        if self.curve_samples_per_class is None:
+            self.curve_samples_per_class = max(1, self.eval.samples_per_class // 5)
         return self
 
     def method_configs(self, name: str, seed: int) -> dict[str, PGraftConfig]:
