@@ -245,10 +245,12 @@ def _dedup_run(task, n_i: int, steps: int):
     cfg = PGraftConfig.model_validate(
         {
             "n_i": n_i,
-            "samples_per_condition": 512,
-            "rollout_batch": 512,
+            "samples_per_condition": 1024,
+            "rollout_batch": 1024,
             "rounds": 1,
-            "select": {"rule": "dedup", "k": 64},
+            # a quarter accepted: on the shipped base, one round that trains on 64 of 512 raises
+            # QED but costs as much validity as it gains (paired difference +0.001 ± 0.013)
+            "select": {"rule": "dedup", "k": 256},
             "train": {"lr": 1e-4, "batch_size": 64, "steps_per_round": steps},
             "speed": {"sample_precision": "fp32"},  # about learning, not bf16 rounding
         }
@@ -256,9 +258,9 @@ def _dedup_run(task, n_i: int, steps: int):
     loop = PGraftLoop(task, cfg, progress=False)
     run = loop.run()
     (entry,) = run.history
-    assert entry.accepted == 64 and entry.accepted_reward_mean > entry.rollout_reward_mean
+    assert entry.accepted == 256 and entry.accepted_reward_mean > entry.rollout_reward_mean
     keys = task.duplicate_key(task.decode(loop.buffer.field("x0")))
-    assert keys.unique().numel() == 64  # dedup: no molecule accepted twice
+    assert keys.unique().numel() == 256  # dedup: no molecule accepted twice
     return run
 
 
@@ -272,10 +274,10 @@ def test_a_tiny_molecules_run_goes_end_to_end_through_the_public_api(task):
 
     from pgraft import EvalConfig, Single, evaluate
 
-    graft = _dedup_run(task, 0, 120)
+    graft = _dedup_run(task, 0, 100)
     pgraft = _dedup_run(task, 6, 30)
     assert pgraft.policy.n_i == 6  # the composed sampler hands over to the base at N_I
-    held_out = EvalConfig(samples_per_class=1500)  # paired z about 6.5 (4.1 at 600) on each measured CPU
+    held_out = EvalConfig(samples_per_class=1500)  # paired z: docs/development.md "Learning margins"
     evals = {
         name: evaluate(policy, graft.schedule, task, held_out)
         for name, policy in (("base", Single(task.base)), ("graft", graft.policy), ("pgraft", pgraft.policy))
@@ -317,5 +319,7 @@ def test_the_molecules_demo_writes_its_stable_interface(task, cache_dir, tmp_pat
     assert results["models"]["graft"]["rule"] == "top_k"
     real = results["task_info"]["real_held_out"]
     assert real["validity"] == real["validity_gdss"] == 1.0 and real["fd"] < 1.0
-    # the FCD's floor: real held-out QM9 sits far closer to the reference than the base does
-    assert real["fcd"] < results["models"]["base"]["fcd"] / 2
+    # the FCD's floor: real held-out QM9 sits closer to the reference than the base does (at these
+    # 200 samples and 300 reference molecules the estimator's bias lifts both: 2.65 against 4.54;
+    # 0.24 against 2.00 at the demo's 2,000)
+    assert real["fcd"] < 0.8 * results["models"]["base"]["fcd"]
