@@ -3,7 +3,8 @@
 A user waits for rounds, not kernels: rollout (network forwards and sampler arithmetic), reward,
 selection, buffer and training. This bench runs one round on digits and on animals (the shipped
 bases and judges; ``--tasks sd_tiny``: a tiny random-initialised Stable Diffusion, the GPU plan's
-task) twice in one process, on identical work:
+task; ``--tasks scenes``: the trained mini Stable Diffusion of the scenes task and its VQAScore-like
+reward, at the task's own round shape) twice in one process, on identical work:
 
 - ``pgraft``: the engine as a user runs it, ``PGraftLoop(...).run()`` with the default
   ``method.speed`` (its DeepSpeed engine is built before the clock starts, as it is once per run);
@@ -11,12 +12,17 @@ task) twice in one process, on identical work:
   condition, its M samples through diffusers' ``DDIMScheduler.step``, classifier-free guidance as
   two forward passes when it is on; rewards computed after sampling; top-K per condition in a
   Python loop; a Python list of accepted tensors stacked into minibatches; a plain PyTorch loop
-  (AdamW, the same loss and gradient clipping).
+  (AdamW, the same loss and gradient clipping). With ``--naive pipeline`` (Stable Diffusion tasks
+  whose folder the task names) the sampling is diffusers' own ``StableDiffusionPipeline``, called per
+  prompt with ``num_images_per_prompt=M`` and its classifier-free guidance, decoding included, the
+  x_{N_I} latents taken by its step callback: what text-to-image users run today.
 
 Equal work: the naive loop consumes the very noise the engine draws (per rollout chunk, x_T then
 one tensor per step, from the same seeded generators), so both produce the same samples up to
 float rounding, accept the same rows (the bench reports the agreement) and run the same number of
-optimizer steps at the same batch size. Each round is split into phases (pgraft/engine/phases.py:
+optimizer steps at the same batch size. The pipeline draws its per-step noise itself, so with
+``--naive pipeline`` both sides sample with deterministic DDIM (η = 0) from the engine's x_T.
+Each round is split into phases (pgraft/engine/phases.py:
 sampling forward, step arithmetic, reward, selection, buffer, training forward, backward,
 optimizer) by the engine's own phase marks, which the naive loop uses too.
 
@@ -27,7 +33,8 @@ reason. Options that change the precision change the samples slightly, so rows a
 0.02 RMS (bf16 sampling moves a sample by ~0.002; distinct samples lie ~0.5 apart).
 
     python benches/bench_round.py [--quick] [--ablate | --variants cuda_graphs ...]
-        [--tasks digits animals sd_tiny] [--sd-latent 16] [--guidance 1] [--reps 3] [--profile]
+        [--tasks digits animals sd_tiny scenes] [--sd-latent 16] [--guidance 1] [--reps 3] [--profile]
+        [--naive loop|pipeline]
 
 On a GPU the engine and the naive loop both run there, and each round records the GPU's mean
 utilisation and peak memory (nvidia-ml-py, sampled every 50 ms).
@@ -55,7 +62,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from common import GpuSampler, report, sync  # noqa: E402
 
-from pgraft.config import PGraftConfig, TaskConfig  # noqa: E402
+from pgraft.config import PGraftConfig, TaskConfig, registry  # noqa: E402
+from pgraft.config.schema import deep_merge  # noqa: E402
 from pgraft.engine.phases import PHASES, PhaseTimer, phase  # noqa: E402
 from pgraft.engine.rounds import PGraftLoop  # noqa: E402
 from pgraft.engine.speed import native_bf16  # noqa: E402
@@ -108,19 +116,22 @@ def sd_tiny_task(latent: int, folder: Path) -> Task:
     return task
 
 
-def work(quick: bool, guidance: float) -> PGraftConfig:
-    """One round at the demo's shape (quick: fewer samples and steps)."""
+def work(quick: bool, guidance: float | None, task: str, eta: float | None = None) -> PGraftConfig:
+    """One round at the demo's shape (quick: fewer samples and steps), under the task's own preset
+    (its experiment defaults: M, K, sampler), which a given ``guidance`` or ``eta`` overrides."""
     m, k, steps = (16, 2, 30) if quick else (64, 8, 100)
-    return PGraftConfig.model_validate(
-        {
-            "n_i": N_I,
-            "samples_per_condition": m,
-            "rounds": 1,
-            "select": {"rule": "top_k", "k": k},
-            "train": {"batch_size": 64, "steps_per_round": steps, "lr": 1e-4},
-            "sampler": {"steps": 25, "guidance_scale": guidance},
-        }
-    )
+    shape = {
+        "n_i": N_I,
+        "samples_per_condition": m,
+        "rounds": 1,
+        "select": {"rule": "top_k", "k": k},
+        "train": {"batch_size": 64, "steps_per_round": steps, "lr": 1e-4},
+        "sampler": {"steps": 25},
+    }
+    preset = registry.get(task).defaults.get("method", {}) if registry.is_known(task) else {}
+    sampler = {"guidance_scale": guidance} if guidance is not None else {}
+    sampler |= {"eta": eta} if eta is not None else {}
+    return PGraftConfig.model_validate(deep_merge(deep_merge(shape, preset), {"sampler": sampler}))
 
 
 def with_speed(cfg: PGraftConfig, speed: dict) -> PGraftConfig:
@@ -195,37 +206,87 @@ def naive_round(task: Task, cfg: PGraftConfig) -> dict:
         labels = torch.arange(task.num_classes, device=dev).repeat_interleave(m)
         with phase("reward"):
             rewards = task.reward(task.decode(torch.cat(finals)), labels)
-        with phase("select"):
-            accepted = []
-            for c in range(task.num_classes):
-                best = rewards[c * m : (c + 1) * m].topk(cfg.select.k).indices.sort().values
-                accepted += [(states[c][j], c) for j in best.tolist()]
-        model = copy.deepcopy(base).train().requires_grad_(True)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=0.0)
-        level = task.schedule(s.steps).state_timestep(cfg.n_i)
-        alphas = task.schedule(s.steps).alphas_cumprod.to(dev)
-        gen, order = torch.Generator().manual_seed(cfg.seed), []
-        for _ in range(cfg.train.steps_per_round):
-            with phase("buffer"):
-                if len(order) < cfg.train.batch_size:
-                    order = torch.randperm(len(accepted), generator=gen).tolist()
-                batch, order = order[: cfg.train.batch_size], order[cfg.train.batch_size :]
-                x_s = torch.stack([accepted[j][0] for j in batch])
-                cond = torch.tensor([accepted[j][1] for j in batch], device=dev)
-            with phase("train.forward"):
-                t, eps = draw_dsm_noise(len(batch), tuple(x_s.shape[1:]), level, alphas.numel(), gen, level + 1)
-                loss = dsm_loss_at(model, x_s, cond, level, alphas, t.to(dev), eps.to(dev),
-                                   prediction_type=base.prediction_type)  # fmt: skip
-            with phase("train.backward"):
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            with phase("train.optimizer"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                opt.step()
-        sync(dev)
+        accepted = select_and_train(task, cfg, rewards, states, dev)
         wall = time.perf_counter() - t0
-    accepted_rows = torch.stack([a for a, _ in accepted])
-    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": accepted_rows, "gpu": gpu.summary()}
+    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": accepted, "gpu": gpu.summary()}
+
+
+def select_and_train(task: Task, cfg: PGraftConfig, rewards, states: list, dev) -> torch.Tensor:
+    """The naive loop's top-K per condition (a Python loop), its list of accepted tensors and its
+    plain training loop; returns the accepted x_{N_I} rows. ``states[c]``: condition c's M rows."""
+    m, s, base = cfg.samples_per_condition, cfg.sampler, task.base
+    with phase("select"):
+        accepted = []
+        for c in range(task.num_classes):
+            best = rewards[c * m : (c + 1) * m].topk(cfg.select.k).indices.sort().values
+            accepted += [(states[c][j], c) for j in best.tolist()]
+    model = copy.deepcopy(base).train().requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=0.0)
+    level = task.schedule(s.steps).state_timestep(cfg.n_i)
+    alphas = task.schedule(s.steps).alphas_cumprod.to(dev)
+    gen, order = torch.Generator().manual_seed(cfg.seed), []
+    for _ in range(cfg.train.steps_per_round):
+        with phase("buffer"):
+            if len(order) < cfg.train.batch_size:
+                order = torch.randperm(len(accepted), generator=gen).tolist()
+            batch, order = order[: cfg.train.batch_size], order[cfg.train.batch_size :]
+            x_s = torch.stack([accepted[j][0] for j in batch])
+            cond = torch.tensor([accepted[j][1] for j in batch], device=dev)
+        with phase("train.forward"):
+            t, eps = draw_dsm_noise(len(batch), tuple(x_s.shape[1:]), level, alphas.numel(), gen, level + 1)
+            loss = dsm_loss_at(model, x_s, cond, level, alphas, t.to(dev), eps.to(dev),
+                               prediction_type=base.prediction_type)  # fmt: skip
+        with phase("train.backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with phase("train.optimizer"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+    sync(dev)
+    return torch.stack([a for a, _ in accepted])
+
+
+def naive_pipeline_round(task: Task, cfg: PGraftConfig) -> dict:
+    """The plain loop with diffusers' StableDiffusionPipeline as the sampler: per training prompt
+    one call with ``num_images_per_prompt=M``, its own classifier-free guidance and decoding, the
+    x_{N_I} latents taken by ``callback_on_step_end``; rewards after sampling, then the same
+    selection and training as :func:`naive_round`. Timed from the pipeline load to the last step."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    if "pipeline" not in task.paths:
+        raise SystemExit(f"--naive pipeline needs a Stable Diffusion task that names its folder; {task.name} does not")
+    m, s = cfg.samples_per_condition, cfg.sampler
+    dev = next(task.base.parameters()).device
+    with PhaseTimer(sync=dev) as timer, GpuSampler() as gpu:
+        t0 = time.perf_counter()
+        with phase("sample.step"):
+            pipe = StableDiffusionPipeline.from_pretrained(task.paths["pipeline"], local_files_only=True)
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+            pipe = pipe.to(dev)
+            pipe.set_progress_bar_config(disable=True)
+            x_t, _ = engine_noise(task.num_classes * m, task.sample_shape, (cfg.seed, "rollout", 0),
+                                  cfg.rollout_batch, s.steps)  # fmt: skip
+        states, images = [], []
+
+        def keep_state(pipe, i, t, kwargs):
+            if s.steps - i - 1 == cfg.n_i:
+                states.append(kwargs["latents"].clone())
+            return kwargs
+
+        with phase("sample.forward"):  # the pipeline's forwards, steps and decoding, undivided
+            for c in range(task.num_classes):
+                out = pipe(
+                    task.class_names[c], num_images_per_prompt=m, num_inference_steps=s.steps,
+                    guidance_scale=s.guidance_scale, eta=s.eta, latents=x_t[c * m : (c + 1) * m].to(dev),
+                    output_type="pt", callback_on_step_end=keep_state,
+                )  # fmt: skip
+                images.append(out.images)
+        labels = torch.arange(task.num_classes, device=dev).repeat_interleave(m)
+        with phase("reward"):
+            rewards = task.reward(torch.cat(images), labels)
+        accepted = select_and_train(task, cfg, rewards, states, dev)
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "phases": dict(timer.seconds), "accepted": accepted, "gpu": gpu.summary()}
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -234,13 +295,16 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((d.min(dim=1).values < 2e-2).double().mean())
 
 
-def measure(task: Task, cfg: PGraftConfig, reps: int, variants: list[str]) -> list[dict]:
+NAIVE = {"loop": naive_round, "pipeline": naive_pipeline_round}
+
+
+def measure(task: Task, cfg: PGraftConfig, reps: int, variants: list[str], naive: str = "loop") -> list[dict]:
     """The naive loop and each engine variant, alternating, ``reps`` times each; the median round
     of each. A variant the engine refuses is one row with the reason."""
     runs = {"naive": [], **{v: [] for v in variants}}
     refused = {}
     for _ in range(reps):
-        runs["naive"].append(naive_round(task, cfg))
+        runs["naive"].append(NAIVE[naive](task, cfg))
         for v in variants:
             if v in refused:
                 continue
@@ -277,13 +341,13 @@ def measure(task: Task, cfg: PGraftConfig, reps: int, variants: list[str]) -> li
     return rows + [{**blank, "task": task.name, "impl": v, "refused": why} for v, why in refused.items()]
 
 
-def profile(task: Task, cfg: PGraftConfig, path) -> None:
+def profile(task: Task, cfg: PGraftConfig, path, naive: str = "loop") -> None:
     """One round of each implementation under torch.profiler: phase ranges and top ops, as text."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     parts = []
-    for impl, run in (("pgraft", pgraft_round), ("naive", naive_round)):
+    for impl, run in (("pgraft", pgraft_round), ("naive", NAIVE[naive])):
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             run(task, cfg)
         events = prof.key_averages()
@@ -327,15 +391,19 @@ def plot(rows: list[dict], path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="M = 16, K = 2, 30 optimizer steps, 1 repetition")
-    ap.add_argument("--tasks", nargs="+", default=["digits", "animals"], choices=["digits", "animals", "sd_tiny"])
+    tasks = ["digits", "animals", "sd_tiny", "scenes"]
+    ap.add_argument("--tasks", nargs="+", default=["digits", "animals"], choices=tasks)
     ap.add_argument("--sd-latent", type=int, default=16, help="sd_tiny: the latent side (64: SD 1.x at 512 px)")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    ap.add_argument("--guidance", type=float, help="guidance scale (1: off; unset: the task's preset, else 1)")
+    naive_help = "the naive side: a loop over DDIMScheduler.step, or diffusers' StableDiffusionPipeline"
+    ap.add_argument("--naive", choices=list(NAIVE), default="loop", help=naive_help)
     ap.add_argument("--profile", action="store_true", help="also write a torch.profiler summary per task")
     ap.add_argument("--ablate", action="store_true", help="also run each speed option one step from the defaults")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS)[1:], help="also run only these options")
     args = ap.parse_args()
-    cfg = work(args.quick, args.guidance)
+    eta = 0.0 if args.naive == "pipeline" else None  # the pipeline draws its own step noise
+    configs = {name: work(args.quick, args.guidance, name, eta) for name in args.tasks}
     reps = 1 if args.quick else args.reps
     variants = list(VARIANTS) if args.ablate else ["pgraft", *(args.variants or [])]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where DeepSpeed trains
@@ -346,8 +414,8 @@ def main() -> None:
         else:
             task = prepare_task(TaskConfig(name=name), progress=False)
         task.base.to(device)  # the naive loop samples and trains where the engine does
-        tasks[task.name] = task
-        rows += measure(task, cfg, reps, variants)
+        tasks[task.name] = (task, configs[name])
+        rows += measure(task, configs[name], reps, variants, args.naive)
     for name in tasks:
         naive = next(r for r in rows if r["task"] == name and r["impl"] == "naive")
         for r in rows:
@@ -359,7 +427,8 @@ def main() -> None:
                *(["gpu_util_mean_percent", "gpu_memory_max_mib"] if device.type == "cuda" else [])]  # fmt: skip
     meta = {
         "quick": args.quick,
-        "config": cfg.model_dump(mode="json"),
+        "configs": {task.name: cfg.model_dump(mode="json") for task, cfg in tasks.values()},
+        "naive": args.naive,
         "variants": {v: VARIANTS[v] for v in variants},
         "native_bf16": native_bf16(device),
         "reps": reps,
@@ -368,6 +437,8 @@ def main() -> None:
     name = "round_ablate" if args.ablate else "_".join(["round", *(args.variants or [])])
     if args.tasks != ["digits", "animals"]:  # another task set: its own files beside the default ones
         name += "_" + "_".join(args.tasks)
+    if args.naive != "loop":
+        name += f"_naive_{args.naive}"
     folder = report(name, device, rows, columns, meta)
     for r in rows:
         if r["refused"]:
@@ -375,8 +446,8 @@ def main() -> None:
     measured = [r for r in rows if not r["refused"]]
     plot(measured, folder / f"{name}{'_quick' if args.quick else ''}.png")
     if args.profile:
-        for name, task in tasks.items():
-            profile(task, cfg, folder / f"round_profile_{name}{'_quick' if args.quick else ''}.txt")
+        for name, (task, cfg) in tasks.items():
+            profile(task, cfg, folder / f"round_profile_{name}{'_quick' if args.quick else ''}.txt", args.naive)
     for name, ratio in ratios:
         print(f"round speedup vs naive ({name}): {ratio:.2f}x")
 

@@ -30,9 +30,10 @@ def test_prepare_trains_every_part_into_the_cache_and_loads_a_pipeline_folder(ta
     from diffusers import StableDiffusionPipeline
 
     task, cache = task
-    assert set(task.paths) == {"vae", "unet", "reward"}
+    assert set(task.paths) == {"vae", "unet", "reward", "pipeline"}
     assert all(str(cache) in p for p in task.paths.values())
     (folder,) = (cache / "scenes").glob("pipeline-*")
+    assert task.paths["pipeline"] == str(folder)  # the folder StableDiffusionPipeline loads
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, local_files_only=True)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert task.sample_shape == (4, 8, 8) and task.null_label == len(task.class_names)

@@ -219,8 +219,9 @@ def prepare(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> T
     check = make_pairs(conditions, s.reward_check, seed=s.vqa.seed + 1, hard_fraction=s.vqa.hard_fraction)
     reward_accuracy = accuracy_by_category(vqa, conditions, check)
 
+    folder = _pipeline_folder(cfg, unet, codec, [str(unet_path), str(vae_path)])
     sd = load_stable_diffusion(
-        _pipeline_folder(cfg, unet, codec, [str(unet_path), str(vae_path)]),
+        folder,
         texts,
         negative_prompt="",
         device=local_device(),
@@ -242,7 +243,8 @@ def prepare(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> T
         decode=sd.decode,
         eval_conditions=torch.tensor(eval_ids),
         metrics=metrics,
-        paths={"vae": str(vae_path), "unet": str(unet_path), "reward": str(reward_path)},
+        # the assembled diffusers folder too: what StableDiffusionPipeline.from_pretrained loads
+        paths={"vae": str(vae_path), "unet": str(unet_path), "reward": str(reward_path), "pipeline": str(folder)},
         pretrain_s=time.time() - t0,
         render=functools.partial(render_grid, texts),
         info={"reward_accuracy": reward_accuracy},  # per category, on fresh real renders
