@@ -250,20 +250,21 @@ def naive_pipeline_round(task: Task, cfg: PGraftConfig) -> dict:
     """The plain loop with diffusers' StableDiffusionPipeline as the sampler: per training prompt
     one call with ``num_images_per_prompt=M``, its own classifier-free guidance and decoding, the
     x_{N_I} latents taken by ``callback_on_step_end``; rewards after sampling, then the same
-    selection and training as :func:`naive_round`. Timed from the pipeline load to the last step."""
+    selection and training as :func:`naive_round`. Timed from the first noise draw to the last step."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     if "pipeline" not in task.paths:
         raise SystemExit(f"--naive pipeline needs a Stable Diffusion task that names its folder; {task.name} does not")
     m, s = cfg.samples_per_condition, cfg.sampler
     dev = next(task.base.parameters()).device
+    # loaded before the clock, as the engine's loop and DeepSpeed engine are built before theirs
+    pipe = StableDiffusionPipeline.from_pretrained(task.paths["pipeline"], local_files_only=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe = pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
     with PhaseTimer(sync=dev) as timer, GpuSampler() as gpu:
         t0 = time.perf_counter()
         with phase("sample.step"):
-            pipe = StableDiffusionPipeline.from_pretrained(task.paths["pipeline"], local_files_only=True)
-            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-            pipe = pipe.to(dev)
-            pipe.set_progress_bar_config(disable=True)
             x_t, _ = engine_noise(task.num_classes * m, task.sample_shape, (cfg.seed, "rollout", 0),
                                   cfg.rollout_batch, s.steps)  # fmt: skip
         states, images = [], []

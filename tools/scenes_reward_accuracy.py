@@ -19,28 +19,25 @@ import time
 from pathlib import Path
 
 from pgraft.tasks.scenes.mini_sd import prompt_table
-from pgraft.tasks.scenes.task import ScenesConfig, all_prompts, split_prompts
-from pgraft.tasks.scenes.vqa import MiniVQA, accuracy_by_category, make_pairs, train_vqa
+from pgraft.tasks.scenes.task import ScenesConfig, measure_reward, prompt_split
+from pgraft.tasks.scenes.vqa import MiniVQA, make_pairs, train_vqa
 
 
-def measure(scenes: ScenesConfig, changes: dict) -> dict:
-    """Train one reward variant from the task's prompts and measure it on the task's conditions."""
-    cfg = scenes.vqa.model_copy(update=changes)
-    cfg = type(cfg).model_validate(cfg.model_dump())  # the changes validated as a config would be
-    prompts = all_prompts()
-    train_ids, held_ids = split_prompts(prompts, scenes.held_out_fraction, scenes.prompt_seed)
+def measure(changes: dict) -> dict:
+    """Train one reward variant on renders of every prompt and measure it on the task's conditions,
+    as the task's ``prepare`` does."""
+    s = ScenesConfig.model_validate({"vqa": changes})  # the changes validated as a config's are
+    prompts, train_ids, held_ids = prompt_split(s)
     conditions = [prompts[i] for i in train_ids + held_ids]
     t0 = time.time()
-    pairs = make_pairs(prompts, cfg.scenes, cfg.seed, cfg.hard_fraction, progress=True)
+    pairs = make_pairs(prompts, s.vqa.scenes, s.vqa.seed, s.vqa.hard_fraction, progress=True)
     render_s = time.time() - t0
-    net = train_vqa(MiniVQA(*prompt_table([p.text for p in prompts]), cfg), pairs, cfg, progress=True)
+    net = train_vqa(MiniVQA(*prompt_table([p.text for p in prompts]), s.vqa), pairs, s.vqa, progress=True)
     train_s = time.time() - t0 - render_s
-    judge = MiniVQA(*prompt_table([p.text for p in conditions]), cfg)  # the task's condition ids
+    judge = MiniVQA(*prompt_table([p.text for p in conditions]), s.vqa)  # the task's condition ids
     judge.load_state_dict(net.state_dict())
-    check = make_pairs(conditions, scenes.reward_check, seed=cfg.seed + 1, hard_fraction=cfg.hard_fraction)
-    accuracy = accuracy_by_category(judge.eval(), conditions, check)
     times = {"render_s": round(render_s), "train_s": round(train_s)}
-    return {"changes": changes, "vqa": cfg.model_dump(), **times, **accuracy}
+    return {"changes": changes, "vqa": s.vqa.model_dump(), **times, **measure_reward(judge.eval(), conditions, s)}
 
 
 def main() -> None:
@@ -50,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for changes in json.loads(args.variants):
-        rows.append(measure(ScenesConfig(), changes))
+        rows.append(measure(changes))
         r = rows[-1]
         by_category = r["categories"].items()
         cats = " ".join(f"{c} {v['accuracy']:.3f}/{v['hard_negative_accuracy']:.2f}" for c, v in by_category)

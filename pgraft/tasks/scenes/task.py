@@ -181,12 +181,24 @@ def _pipeline_folder(cfg: TaskConfig, unet, codec: LatentCodec, weights: list[st
     return folder
 
 
+def prompt_split(s: ScenesConfig) -> tuple[list[ScenePrompt], list[int], list[int]]:
+    """Every prompt, and the ids of the training and the held-out ones."""
+    prompts = all_prompts()
+    return (prompts, *split_prompts(prompts, s.held_out_fraction, s.prompt_seed))
+
+
+def measure_reward(vqa: MiniVQA, conditions: list[ScenePrompt], s: ScenesConfig) -> dict:
+    """The reward's accuracy per category on ``s.reward_check`` fresh real renders of the
+    conditions (``vqa``'s prompt ids index ``conditions``)."""
+    check = make_pairs(conditions, s.reward_check, seed=s.vqa.seed + 1, hard_fraction=s.vqa.hard_fraction)
+    return accuracy_by_category(vqa, conditions, check)
+
+
 def prepare(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> Task:
     t0 = time.time()
     s = cfg.scenes
     progress = progress and rank() == 0
-    prompts = all_prompts()
-    train_ids, held_ids = split_prompts(prompts, s.held_out_fraction, s.prompt_seed)
+    prompts, train_ids, held_ids = prompt_split(s)
     conditions = [prompts[i] for i in train_ids + held_ids]  # condition id → prompt
     data = functools.cache(lambda: pretraining_set(s.pretrain_scenes, s.web_fraction, s.data_seed, progress))
 
@@ -216,8 +228,7 @@ def prepare(cfg: TaskConfig, *, force: bool = False, progress: bool = True) -> T
     vqa, reward_path = pretrained(
         cfg, "reward", train_reward, lambda: MiniVQA(*table, s.vqa), force=force, collective=False
     )  # fmt: skip
-    check = make_pairs(conditions, s.reward_check, seed=s.vqa.seed + 1, hard_fraction=s.vqa.hard_fraction)
-    reward_accuracy = accuracy_by_category(vqa, conditions, check)
+    reward_accuracy = measure_reward(vqa, conditions, s)
 
     folder = _pipeline_folder(cfg, unet, codec, [str(unet_path), str(vae_path)])
     sd = load_stable_diffusion(
