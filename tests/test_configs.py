@@ -62,3 +62,23 @@ def test_a_comparisons_curve_evaluation_scales_with_its_final_one():
     assert build(CompareConfig, {}, ["task.name=molecules", "curve_samples_per_class=7"]).curve_samples_per_class == 7
     with pytest.raises(C.ConfigError, match="curve_samples_per_class"):
         build(CompareConfig, {}, ["curve_samples_per_class=0"])
+
+
+def test_a_demo_run_names_its_own_n_i_and_either_baseline():
+    """The scenes demo runs P-GRAFT at two N_I and both policy-gradient baselines: a pgraft run's
+    ``n_i`` replaces pgraft_n_i, a grpo run takes the GRPO algorithm, and ``n_i`` elsewhere is refused."""
+    from pgraft.config import DemoConfig, build
+
+    c = build(DemoConfig, {}, ["task.name=scenes"])
+    by_name = {r.name: c.run_config(r) for r in c.runs}
+    assert {k: (m.algorithm, m.n_i) for k, m in by_name.items()} == {
+        "graft": ("pgraft", 0),
+        "pgraft": ("pgraft", 6),
+        "pgraft_12": ("pgraft", 12),
+        "ddpo": ("ddpo", 0),
+        "grpo": ("grpo", 0),
+    }
+    with pytest.raises(C.ConfigError, match="n_i applies to pgraft runs only"):
+        build(DemoConfig, {}, ["runs=[{name: d, kind: ddpo, n_i: 3}]"])
+    with pytest.raises(C.ConfigError, match="pgraft_n_i|n_i"):
+        build(DemoConfig, {}, ["task.name=scenes", "runs=[{name: p, kind: pgraft, n_i: 20}]"])

@@ -25,13 +25,20 @@ from .tasks import BaseVariant, TaskConfig, task_definition, with_task_defaults
 
 
 class DemoRun(_Strict):
-    """One fine-tuned model of the demo: ``kind`` graft (N_I = 0), pgraft (N_I = pgraft_n_i) or
-    ddpo (the task's tuned DDPO, its TaskDefinition.tuned_baselines), with ``changes`` to the shared ``method``
-    (e.g. {select: {rule: dedup}})."""
+    """One fine-tuned model of the demo: ``kind`` graft (N_I = 0), pgraft (N_I = ``n_i``, else
+    pgraft_n_i), ddpo or grpo (the task's tuned values, its TaskDefinition.tuned_baselines), with
+    ``changes`` to the shared ``method`` (e.g. {select: {rule: dedup}})."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    kind: Literal["graft", "pgraft", "ddpo"]
+    kind: Literal["graft", "pgraft", "ddpo", "grpo"]
+    n_i: int | None = Field(None, ge=1)  # pgraft runs only: this run's N_I instead of pgraft_n_i
     changes: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _n_i_for_pgraft(self):
+        if self.n_i is not None and self.kind != "pgraft":
+            raise ValueError(f"run {self.name!r}: n_i applies to pgraft runs only, not {self.kind}")
+        return self
 
 
 class DemoConfig(_Strict):
@@ -69,9 +76,9 @@ class DemoConfig(_Strict):
 
     def run_config(self, run: DemoRun) -> PGraftConfig:
         """The method config of one demo run."""
-        changes = {"graft": {"n_i": 0}, "pgraft": {"n_i": self.pgraft_n_i}}.get(run.kind)
-        if changes is None:  # ddpo: the task's tuned values
-            changes = {**self.task.definition.tuned_baselines.get("ddpo", {}), "algorithm": "ddpo"}
+        changes = {"graft": {"n_i": 0}, "pgraft": {"n_i": run.n_i or self.pgraft_n_i}}.get(run.kind)
+        if changes is None:  # a policy-gradient baseline: the task's tuned values
+            changes = {**self.task.definition.tuned_baselines.get(run.kind, {}), "algorithm": run.kind}
         data = deep_merge(deep_merge(self.method.model_dump(), changes), run.changes)
         return _validated_method(data, run.name, self.method.seed)
 

@@ -15,7 +15,7 @@ from ..rewards.base import score
 from .common import evaluate_on_task, model_summary, run_method, start_experiment
 
 COLUMNS = ["model", "reward_mean", "reward_ci95", "accuracy", "diversity", "samples_drawn", "wall_s"]
-TITLES = {"graft": "GRAFT", "pgraft": "P-GRAFT", "ddpo": "DDPO"}
+TITLES = {"graft": "GRAFT", "pgraft": "P-GRAFT", "ddpo": "DDPO", "grpo": "GRPO"}
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, *, force: bool = False) -> dict:

@@ -37,8 +37,9 @@ class VQAConfig(_Strict):
     batch: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
     hard_fraction: float = Field(0.5, ge=0, le=1)  # of the false prompts, the hard ones
-    # the pixel's coordinates as two more input channels (CoordConv, Liu et al. 2018): a patch token
-    # then knows where inside its 8×8 patch an object lies, which "left of" / "above" need
+    # the pixel's coordinates as two more input channels (CoordConv, Liu et al. 2018), so a patch
+    # token knows where inside its 8×8 patch an object lies (ours; measured at 12,000 steps it left
+    # position at 0.917 against 0.915 without: sub-patch location is not what limits relations)
     coords: bool = True
     seed: int = 0
 
