@@ -1,6 +1,7 @@
 """`pgraft demo`: the base and the fine-tuned models of ``cfg.runs`` at the same sample budget
 (image tasks: GRAFT, N_I = 0, against P-GRAFT at pgraft_n_i; molecules also the dedup rule and
-DDPO; layouts DDPO), each evaluated on the same held-out seeds, with the task's own metrics when it has them."""
+DDPO; layouts DDPO; scenes P-GRAFT at two N_I, DDPO and GRPO), each evaluated on the same held-out
+seeds, with the task's own metrics when it has them."""
 
 from __future__ import annotations
 
