@@ -51,15 +51,16 @@ def test_the_model_keeps_the_reward_contract():
 
 def test_a_short_training_tells_a_right_colour_from_a_wrong_one():
     colors = [p for p in PROMPTS if p.category == "colors"]
-    cfg = VQAConfig(width=32, layers=2, heads=2, steps=400, batch=64, lr=1e-3, hard_fraction=1.0)
+    # 400 steps gave 0.70 to 0.8 with the coordinate channels, by thread count: too near the bound
+    cfg = VQAConfig(width=32, layers=2, heads=2, steps=800, batch=64, lr=1e-3, hard_fraction=1.0)
     torch.manual_seed(0)
     net = train_vqa(MiniVQA(*_table(colors), cfg), make_pairs(colors, 1500, seed=2, hard_fraction=1.0), cfg,
                     progress=False)  # fmt: skip
     report = accuracy_by_category(net, colors, make_pairs(colors, 400, seed=3, hard_fraction=1.0))
-    assert report["categories"]["colors"]["accuracy"] > 0.75  # 0.85 measured; chance is 0.5
+    assert report["categories"]["colors"]["accuracy"] > 0.75  # 0.87 measured (2 threads); chance is 0.5
     red_square = torch.from_numpy(render([SceneObject("square", "red", 16, 16, 6)], np.random.default_rng(0)))
     ids = torch.tensor(
         [colors.index(next(p for p in colors if p.text == t)) for t in ("a red square", "a blue square")]
     )
     right, wrong = YesProbability(net)(red_square.expand(2, -1, -1, -1), ids).tolist()
-    assert right > 0.5 > wrong  # 0.77 and 0.02 measured
+    assert right > 0.5 > wrong
