@@ -62,18 +62,25 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 # -- at a glance -----------------------------------------------------------------------------------
 def summary(folder: Path) -> list[str]:
     """One row per task: each method's final held-out reward at equal samples (`pgraft compare`,
-    seeds pooled), or the single-seed demo where a task has no comparison."""
+    seeds pooled; "at N" where a method was given a larger budget), or the single-seed demo where
+    a task has no comparison."""
     rows = []
     for task in TASKS:
         compare = load(folder, f"compare_{task}")
         if compare is not None:
-            methods = compare["methods"]
+            methods, at = compare["methods"], compare["equal_samples"]["at"]
+
+            def final(key: str) -> str:
+                """A method's final reward, with its own budget where it ran past the shared one."""
+                f = methods[key]["final"]
+                return ci(f) if key == "base" or f["samples"] == at else f"{ci(f)} at {f['samples']:,}"
+
             pgraft = [k for k in methods if k.startswith("pgraft")]
             best = max(pgraft, key=lambda k: methods[k]["final"]["reward_mean"]) if pgraft else None
-            cells = [ci(methods[k]["final"]) if k in methods else "—" for k in ("base", "ddpo", "grpo", "graft")]
-            cells.append(f"{ci(methods[best]['final'])} ({label(best).split(', ')[1]})" if best else "—")
+            cells = [final(k) if k in methods else "—" for k in ("base", "ddpo", "grpo", "graft")]
+            cells.append(f"{final(best)} ({label(best).split(', ')[1]})" if best else "—")
             seeds = len(compare["seeds"])
-            rows.append([task, *cells, f"{compare['equal_samples']['at']:,}", f"compare, {seeds} seeds"])
+            rows.append([task, *cells, f"{at:,}", f"compare, {seeds} seeds"])
             continue
         demo = load(folder, f"demo_{task}")
         if demo is None:
