@@ -23,22 +23,12 @@ from pgraft.errors import CheckpointError
 from pgraft.tasks.pretraining import pretrained
 from pgraft.tasks.scenes.mini_sd import prompt_table
 from pgraft.tasks.scenes.prompts import all_prompts, draw_scene, hard_negatives
-from pgraft.tasks.scenes.scene import render
+from pgraft.tasks.scenes.scene import relation_components, render
 from pgraft.tasks.scenes.vqa import MiniVQA
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-# an orthogonal relation's normalised offset component (scene.relations): it holds above 0.5
+# an orthogonal relation's offset component (scene.relation_components): it holds above 0.5
 MARGIN_BINS = [(-2.0, 0.0), (0.0, 0.2), (0.2, 0.35), (0.35, 0.5)]
-
-
-def component(a: tuple, b: tuple, relation: str, threshold: float = 0.1) -> float:
-    """The component of box ``a``'s offset from ``b`` along ``relation`` as GenEval's rule computes
-    it (scene.relations): the relation holds when it exceeds 0.5."""
-    a, b = np.asarray(a, float).reshape(2, 2), np.asarray(b, float).reshape(2, 2)
-    offset = a.mean(axis=0) - b.mean(axis=0)
-    revised = np.maximum(np.abs(offset) - threshold * ((a[1] - a[0]) + (b[1] - b[0])), 0) * np.sign(offset)
-    dx, dy = revised / np.linalg.norm(offset)
-    return {"left of": -dx, "right of": dx, "above": -dy, "below": dy}[relation]
 
 
 def main() -> None:
@@ -69,7 +59,7 @@ def main() -> None:
         true_ids.append(index[prompt])
         false_ids.append(index[false])
         opposite.append(OPPOSITE[prompt.relation] == false.relation)
-        margin.append(component(objects[0].box, objects[1].box, false.relation))
+        margin.append(relation_components(objects[0].box, objects[1].box)[false.relation])
     x = torch.from_numpy(np.stack(images))
     net.eval()
 

@@ -93,27 +93,23 @@ def _separated(a: SceneObject, b: SceneObject) -> bool:
     return ax1 + GAP <= bx0 or bx1 + GAP <= ax0 or ay1 + GAP <= by0 or by1 + GAP <= ay0
 
 
-def relations(a: tuple, b: tuple, threshold: float = 0.1) -> set[str]:
-    """Where box ``a`` lies relative to box ``b`` (x0, y0, x1, y1; y grows downwards), as GenEval
-    decides it: the centre offset, shrunk on each axis by ``threshold`` × the two boxes' summed
-    extents, then normalised; a direction holds when its component exceeds 0.5."""
+def relation_components(a: tuple, b: tuple, threshold: float = 0.1) -> dict[str, float]:
+    """Each direction's component of box ``a``'s place relative to box ``b`` (x0, y0, x1, y1; y
+    grows downwards), as GenEval computes it: the centre offset, shrunk on each axis by
+    ``threshold`` × the two boxes' summed extents, then normalised. All 0 when the shrunk offset
+    vanishes."""
     a, b = np.asarray(a, float).reshape(2, 2), np.asarray(b, float).reshape(2, 2)
     offset = a.mean(axis=0) - b.mean(axis=0)
     extents = (a[1] - a[0]) + (b[1] - b[0])
     revised = np.maximum(np.abs(offset) - threshold * extents, 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    found = set()
-    if dx < -0.5:
-        found.add("left of")
-    if dx > 0.5:
-        found.add("right of")
-    if dy < -0.5:
-        found.add("above")
-    if dy > 0.5:
-        found.add("below")
-    return found
+    dx, dy = (0.0, 0.0) if np.all(np.abs(revised) < 1e-3) else revised / np.linalg.norm(offset)
+    return {"left of": -dx, "right of": dx, "above": -dy, "below": dy}
+
+
+def relations(a: tuple, b: tuple, threshold: float = 0.1) -> set[str]:
+    """Where box ``a`` lies relative to box ``b``, as GenEval decides it: a direction holds when its
+    component (relation_components) exceeds 0.5."""
+    return {r for r, c in relation_components(a, b, threshold).items() if c > 0.5}
 
 
 def place(
